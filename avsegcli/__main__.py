@@ -1,0 +1,3 @@
+from avsegcli.cli import main
+
+main()
