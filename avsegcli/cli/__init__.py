@@ -1,0 +1,48 @@
+"""The ``avseg`` command line: thin Typer commands mapping flags one to one onto library calls."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from avsegcli import __version__
+from avsegcli.errors import AvsegError
+
+app = typer.Typer(
+    name="avseg",
+    help="Find and segment the objects that make sound in a video (AVSegFormer).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"avseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """avseg: audio-visual segmentation of sounding objects."""
+
+
+def _register() -> None:
+    from avsegcli.cli import weights_cmd
+
+    app.add_typer(weights_cmd.app, name="weights")
+
+
+def main() -> None:
+    _register()
+    try:
+        app()
+    except AvsegError as err:
+        err_console.print(f"error: {err}", markup=False)
+        sys.exit(err.exit_code)
