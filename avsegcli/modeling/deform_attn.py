@@ -1,0 +1,111 @@
+"""Multi-scale deformable attention (Deformable DETR), pure PyTorch.
+
+The sampling is one ``F.grid_sample`` per level, which runs on CPU and GPU, in any dtype, with autograd.
+No compiled kernel is needed; a faster kernel, if one is ever added, must be chosen explicitly and tested
+against :func:`ms_deform_attn` (see ``tests/test_deform_attn.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def ms_deform_attn(
+    value: Tensor,
+    spatial_shapes: Sequence[tuple[int, int]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """Sample each level bilinearly at the given locations and sum with the attention weights.
+
+    Args:
+        value: ``[N, S, M, D]`` values of all levels flattened (S = sum of H_l * W_l), M heads of D channels.
+        spatial_shapes: ``L`` pairs ``(H_l, W_l)``.
+        sampling_locations: ``[N, Lq, M, L, P, 2]`` (x, y) in [0, 1], top-left (0, 0), bottom-right (1, 1).
+        attention_weights: ``[N, Lq, M, L, P]``, normalised over L * P.
+
+    Returns:
+        ``[N, Lq, M * D]``.
+    """
+    n, _, m, d = value.shape
+    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+    value_list = value.split([h * w for h, w in spatial_shapes], dim=1)
+    grids = 2 * sampling_locations - 1
+    sampled = []
+    for lvl, (h, w) in enumerate(spatial_shapes):
+        # [N, H*W, M, D] -> [N*M, D, H, W]
+        v = value_list[lvl].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
+        # [N, Lq, M, P, 2] -> [N*M, Lq, P, 2]
+        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
+        # [N*M, D, Lq, P]
+        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+    # [N, Lq, M, L, P] -> [N*M, 1, Lq, L*P]
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * num_points)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # [N*M, D, Lq]
+    return out.view(n, m * d, lq).transpose(1, 2).contiguous()
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention with learned offsets and weights (state-dict names as released)."""
+
+    def __init__(self, *, dim: int = 256, num_levels: int = 3, num_heads: int = 8, num_points: int = 4) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.num_levels, self.num_heads, self.num_points = dim, num_levels, num_heads, num_points
+        self.sampling_offsets = nn.Linear(dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.num_heads, 1, 1, 2)
+        grid = grid.repeat(1, self.num_levels, self.num_points, 1)
+        for i in range(self.num_points):
+            grid[:, :, i, :] *= i + 1
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.constant_(self.value_proj.bias, 0.0)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.constant_(self.output_proj.bias, 0.0)
+
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        value: Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
+    ) -> Tensor:
+        """
+        Args:
+            query: ``[N, Lq, C]`` (positional embedding already added).
+            reference_points: ``[N, Lq, L, 2]`` (x, y) in [0, 1].
+            value: ``[N, S, C]`` the flattened levels.
+            spatial_shapes: ``L`` pairs ``(H_l, W_l)`` with sum of H_l * W_l == S.
+
+        Returns:
+            ``[N, Lq, C]``.
+        """
+        n, lq, _ = query.shape
+        s = value.shape[1]
+        m, lv, p = self.num_heads, self.num_levels, self.num_points
+        v = self.value_proj(value).view(n, s, m, self.dim // m)
+        offsets = self.sampling_offsets(query).view(n, lq, m, lv, p, 2)
+        weights = self.attention_weights(query).view(n, lq, m, lv * p).softmax(-1).view(n, lq, m, lv, p)
+        # offsets are in pixels of each level: normalise by (W_l, H_l)
+        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=offsets.device)
+        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        out = ms_deform_attn(v, spatial_shapes, locations, weights)
+        return self.output_proj(out)

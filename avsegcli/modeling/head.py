@@ -1,0 +1,166 @@
+"""The AVSegFormer head: encoder, audio queries, decoder, mixer and mask prediction (released names)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avsegcli.modeling.deform_attn import MSDeformAttn
+from avsegcli.modeling.mixer import CrossModalMixer
+from avsegcli.modeling.position import SinePositionalEncoding
+from avsegcli.modeling.query_generator import AudioQueryGenerator
+from avsegcli.modeling.transformer import Transformer
+
+
+class Interpolate(nn.Module):
+    """Bilinear resize by a factor (a parameter-free slot in the released ``nn.Sequential`` layouts)."""
+
+    def __init__(self, *, scale_factor: int) -> None:
+        super().__init__()
+        self.scale_factor = scale_factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=self.scale_factor, mode="bilinear", align_corners=False)
+
+
+class QueryMLP(nn.Module):
+    """1x1 convolutions over the query axis of a ``[N, Q, H, W]`` map: ``Q -> hidden -> ... -> out``."""
+
+    def __init__(self, *, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Conv2d(a, b, kernel_size=1) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class SimpleFPN(nn.Module):
+    """Three upsample-conv steps from stride 32 to stride 4, adding the stride-16 and stride-8 maps on the way."""
+
+    def __init__(self, *, dim: int) -> None:
+        super().__init__()
+        self.up1 = nn.Sequential(Interpolate(scale_factor=2), nn.Conv2d(dim, dim, 3, padding=1))
+        self.up2 = nn.Sequential(Interpolate(scale_factor=2), nn.Conv2d(dim, dim, 3, padding=1))
+        self.up3 = nn.Sequential(Interpolate(scale_factor=2), nn.Conv2d(dim, dim, 3, padding=1))
+
+    def forward(self, levels: Sequence[Tensor]) -> Tensor:
+        """``levels``: maps at strides 8, 16, 32, each ``[N, C, h, w]``. Returns ``[N, C, H/4, W/4]``."""
+        x = self.up1(levels[2]) + levels[1]
+        x = self.up2(x) + levels[0]
+        return self.up3(x)
+
+
+def _mask_convs(dim: int, num_classes: int, scale_factor: int) -> nn.Sequential:
+    """Output convolutions: 3x3 to 128, bilinear upsampling, 3x3 to 32, ReLU, 1x1 to the classes."""
+    return nn.Sequential(
+        nn.Conv2d(dim, 128, 3, padding=1),
+        Interpolate(scale_factor=scale_factor),
+        nn.Conv2d(128, 32, 3, padding=1),
+        nn.ReLU(True),
+        nn.Conv2d(32, num_classes, 1, bias=False),
+    )
+
+
+class AVSegHead(nn.Module):
+    """Turns four visual maps and the projected audio feature into per-pixel logits."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: Sequence[int],
+        num_classes: int,
+        num_queries: int,
+        dim: int,
+        mlp_dim: int,
+        transformer: Transformer,
+        query_generator: AudioQueryGenerator,
+        mixer: CrossModalMixer,
+        positional_encoding: SinePositionalEncoding,
+        scale_factor: int = 4,
+    ) -> None:
+        super().__init__()
+        self.num_levels = len(in_channels) - 1
+        self.level_embed = nn.Parameter(torch.empty(self.num_levels, dim))
+        self.learnable_query = nn.Embedding(num_queries, dim)
+        self.query_generator = query_generator
+        self.transformer = transformer
+        self.positional_encoding = positional_encoding
+        self.in_proj = nn.ModuleList(nn.Sequential(nn.Conv2d(c, dim, 1), nn.GroupNorm(32, dim)) for c in in_channels)
+        self.mlp = QueryMLP(in_dim=num_queries, hidden_dim=mlp_dim, out_dim=dim, num_layers=3)
+        self.fusion_block = mixer
+        self.lateral_conv = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.GroupNorm(32, dim))
+        self.out_conv = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GroupNorm(32, dim), nn.ReLU(True))
+        self.fpn = SimpleFPN(dim=dim)
+        self.attn_fc = _mask_convs(dim, num_classes, scale_factor)
+        self.fc = _mask_convs(dim, num_classes, scale_factor)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MSDeformAttn):
+                m.reset_parameters()
+        nn.init.normal_(self.level_embed)
+
+    def forward(self, feats: Sequence[Tensor], audio: Tensor, return_intermediate: bool = False) -> dict[str, Tensor | list[Tensor]]:
+        """
+        Args:
+            feats: four maps at strides 4, 8, 16, 32: ``[N, C_i, H/s, W/s]``.
+            audio: ``[N, 1, dim]`` the projected audio feature of each frame.
+            return_intermediate: also compute the per-decoder-layer masks.
+
+        Returns a dict:
+            ``pred_masks``: ``[N, K, H, W]`` logits (H, W = 4 x the stride-4 map),
+            ``mask_feature``: ``[N, dim, H/4, W/4]`` the mixed mask feature,
+            ``queries``: ``[N, Q, dim]`` the last decoder layer's queries,
+            ``intermediate_masks`` (on request): one ``[N, K, H, W]`` per decoder layer.
+        """
+        n = audio.shape[0]
+        srcs = [self.in_proj[i + 1](feats[i + 1]) for i in range(self.num_levels)]
+        shapes = [(s.shape[2], s.shape[3]) for s in srcs]
+        src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)  # [N, S, C]
+        pos_flat = torch.cat(
+            [
+                self.positional_encoding(h, w, s.device).to(s.dtype).flatten(2).transpose(1, 2) + self.level_embed[lvl][None, None]
+                for lvl, ((h, w), s) in enumerate(zip(shapes, srcs))
+            ],
+            1,
+        )  # [1, S, C]
+
+        query = self.query_generator(audio) + self.learnable_query.weight[None]  # [N, Q, C]
+        memory = self.transformer.encoder(src_flat, pos_flat, shapes)  # [N, S, C]
+        outputs, attns = self.transformer.decoder(query, memory, need_attn=return_intermediate)
+
+        levels = self._split_levels(memory.transpose(1, 2), shapes)  # each [N, C, h, w]
+        lateral = self.lateral_conv(self.in_proj[0](feats[0]))
+        mask_feature = lateral + F.interpolate(levels[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+        mask_feature = self.fusion_block(self.out_conv(mask_feature), audio)  # [N, C, H/4, W/4]
+
+        pred = torch.einsum("bqc,bchw->bqhw", outputs[-1], mask_feature)  # [N, Q, H/4, W/4]
+        pred = self.fc(mask_feature + self.mlp(pred))  # [N, K, H, W]
+        out: dict[str, Tensor | list[Tensor]] = {"pred_masks": pred, "mask_feature": mask_feature, "queries": outputs[-1]}
+        if return_intermediate:
+            out["intermediate_masks"] = [self.intermediate_mask(q, a, shapes) for q, a in zip(outputs, attns)]
+        return out
+
+    def intermediate_mask(self, queries: Tensor, attn: Tensor, shapes: Sequence[tuple[int, int]]) -> Tensor:
+        """The paper's per-layer mask: queries ``[N, Q, C]`` weighted by their cross-attention map ``[N, Q, S]``,
+        split back into the three levels, through the FPN and the output convolutions: ``[N, K, H, W]``."""
+        maps = torch.einsum("bqc,bqs->bcs", queries, attn)  # [N, C, S]
+        return self.attn_fc(self.fpn(self._split_levels(maps, shapes)))
+
+    @staticmethod
+    def _split_levels(x: Tensor, shapes: Sequence[tuple[int, int]]) -> list[Tensor]:
+        """``[N, C, S]`` -> one ``[N, C, h, w]`` per level."""
+        parts = x.split([h * w for h, w in shapes], dim=2)
+        return [p.reshape(x.shape[0], x.shape[1], h, w) for p, (h, w) in zip(parts, shapes)]
