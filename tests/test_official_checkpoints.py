@@ -1,0 +1,135 @@
+"""Random state dicts in the exact layout of the six released checkpoints load with every key accounted for."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+import avsegcli
+from avsegcli.errors import CheckpointError
+from avsegcli.weights import OFFICIAL_UNUSED, read_checkpoint
+from conftest import run_cli
+
+ENTRIES = ["s4_res50", "s4_pvt2", "ms3_res50", "ms3_pvt2", "avss_res50", "avss_pvt2"]
+
+
+@pytest.fixture(scope="module")
+def layouts(reference_dir):
+    return json.loads((reference_dir / "official_checkpoint_keys.json").read_text())
+
+
+def _random_state(layout: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in layout["state_dict"].items():
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.tensor(100, dtype=torch.long)
+        else:
+            out[key] = torch.randn(shape, generator=g) * 0.02
+    return out
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_official_layout_loads_strictly(entry, layouts, tmp_path):
+    layout = layouts[entry]
+    state = _random_state(layout)
+    task, backbone = entry.split("_")
+    path = tmp_path / f"AVSegFormer_{backbone}_{task}.pth"
+    torch.save(state, path)
+
+    model, report = read_checkpoint(path)
+    expected_preset = f"{task}-{'r50' if backbone == 'res50' else 'pvt2'}"
+    assert report.config["name"] == expected_preset
+    assert model.num_classes == layout["num_classes"]
+    # every key of the file is loaded or named as never used, and nothing else
+    assert sorted(report.loaded + report.unused) == sorted(state)
+    assert all(any(re.search(p, k) for p in OFFICIAL_UNUSED) for k in report.unused)
+    assert len(report.unused) == (174 if backbone == "res50" else 0)
+
+    # the values really arrived: spot-check a few renamed tensors
+    ours = model.state_dict()
+    if backbone == "res50":
+        assert torch.equal(ours["backbone.layer3.0.conv1.weight"], state["backbone.layer3_1.0.conv1.weight"])
+    else:
+        assert torch.equal(ours["backbone.stages.2.blocks.39.mlp.dwconv.weight"], state["backbone.block3.39.mlp.dwconv.dwconv.weight"])
+        assert torch.equal(ours["backbone.stages.3.downsample.proj.weight"], state["backbone.patch_embed4.proj.weight"])
+    assert torch.equal(ours["head.fc.4.weight"], state["head.fc.4.weight"])
+
+    # the public entry point: eval mode, on the CPU, and it runs
+    m2 = avsegcli.load_model(path, device="cpu")
+    assert not m2.training
+    with torch.no_grad():
+        out = m2(torch.randn(1, 3, 64, 64), torch.randn(1, 1, 96, 64))
+    assert out["pred_masks"].shape == (1, layout["num_classes"], 64, 64)
+    del model, m2, state
+
+
+def test_broken_files_name_the_key(layouts, tmp_path):
+    state = _random_state(layouts["s4_res50"])
+    removed = "head.transformer.decoder.layers.3.linear1.weight"
+    renamed = "head.fusion_block.proj.bias"
+    reshaped = "head.mlp.layers.0.weight"
+    del state[removed]
+    state["head.fusion_block.projection.bias"] = state.pop(renamed)
+    state[reshaped] = torch.zeros(2048, 100, 1, 1)
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    msg = str(info.value)
+    for needle in (removed, renamed, "head.fusion_block.projection.bias", reshaped, "s4-r50", str(path)):
+        assert needle in msg, (needle, msg)
+    assert "\n" not in msg
+
+    proc = run_cli("weights", "info", path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert removed in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_weights_info_reports_counts(layouts, tmp_path):
+    for entry, total in (("s4_res50", "151.0 M"), ("avss_pvt2", "186.1 M")):
+        path = tmp_path / f"{entry}.pth"
+        torch.save(_random_state(layouts[entry]), path)
+        proc = run_cli("weights", "info", path, "--json")
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        assert f"{data['values_in_file'] / 1e6:.1f} M" == total
+        expect_preset = "s4-r50" if entry == "s4_res50" else "avss-pvt2"
+        assert data["preset"] == expect_preset
+        used = data["values_used_by_forward"] + data["values_intermediate_only"]
+        assert used + data["values_unused"] == data["values_in_file"]
+        if entry == "s4_res50":  # the second ResNet branch (layer3_2, layer4_2) is never used
+            assert round(data["values_unused"] / 1e6, 1) == 22.1
+        else:
+            assert data["values_unused"] == 0
+        table = run_cli("weights", "info", path)
+        assert table.returncode == 0 and total in table.stdout and expect_preset in table.stdout
+        path.unlink()
+
+
+def test_not_a_checkpoint(tmp_path):
+    for name, content in (("text.pth", b"hello world\n"), ("empty.pth", b"")):
+        p = tmp_path / name
+        p.write_bytes(content)
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(p)
+        assert str(p) in str(info.value)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        read_checkpoint(tmp_path / "missing.pth")
+
+
+def test_convert_to_our_format_gives_identical_outputs(layouts, tmp_path):
+    src = tmp_path / "AVSegFormer_pvt2_ms3.pth"
+    torch.save(_random_state(layouts["ms3_pvt2"], seed=3), src)
+    dst = tmp_path / "ms3.safetensors"
+    proc = run_cli("weights", "convert", src, dst)
+    assert proc.returncode == 0, proc.stderr
+    official, ours = avsegcli.load_model(src), avsegcli.load_model(dst)
+    assert ours.config["name"] == "ms3-pvt2"
+    x, a = torch.randn(2, 3, 64, 64), torch.randn(2, 1, 96, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(official(x, a)["pred_masks"], ours(x, a)["pred_masks"], rtol=0, atol=0)
