@@ -34,8 +34,9 @@ def _root(
 
 
 def _register() -> None:
-    from avsegcli.cli import weights_cmd
+    from avsegcli.cli import run_cmd, weights_cmd
 
+    app.command("run")(run_cmd.run)
     app.add_typer(weights_cmd.app, name="weights")
 
 

@@ -1,0 +1,108 @@
+"""``avseg run``: segment the sounding objects of many videos (flags map one to one onto Predictor/run_videos)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class _RichProgress:
+    """Overall videos and frames, one bar per video in flight, frames/s."""
+
+    def __init__(self, progress: Progress, num_videos: int) -> None:
+        self.p = progress
+        self.videos = progress.add_task("videos", total=num_videos)
+        self.frames = progress.add_task("frames", total=0)
+        self.per_video: dict[int, int] = {}
+        self.t0 = time.perf_counter()
+        self.count = 0
+
+    def video_started(self, vid: int, name: str, frames: int) -> None:
+        self.p.update(self.frames, total=(self.p.tasks[self.frames].total or 0) + frames)
+        self.per_video[vid] = self.p.add_task(f"  {name[:40]}", total=frames)
+
+    def frames_done(self, vid: int, n: int) -> None:
+        self.count += n
+        rate = self.count / max(time.perf_counter() - self.t0, 1e-9)
+        self.p.update(self.frames, advance=n, description=f"frames ({rate:.2f}/s)")
+        if vid in self.per_video:
+            self.p.update(self.per_video[vid], advance=n)
+
+    def video_finished(self, vid: int, result) -> None:
+        self.p.update(self.videos, advance=1)
+        task = self.per_video.pop(vid, None)
+        if task is not None:
+            self.p.remove_task(task)
+
+
+def run(
+    inputs: list[str] = typer.Argument(..., help="Video files, folders (searched recursively) or @list.txt files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: one subfolder of masks per video."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (.pth of the authors or our .safetensors). Default: the bundled model in weights/."),
+    fps: float = typer.Option(1.0, "--fps", help="Frames per second to segment (1 = the benchmark's rate; 0 = every frame)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (autocast; fp32 on CPU unless asked)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Frames per forward pass, across videos."),
+    workers: int = typer.Option(1, "--workers", help="Decode processes (0 = decode in the main process)."),
+    glob: Optional[str] = typer.Option(None, "--glob", help="File pattern inside folders (default: common video extensions)."),
+    fmt: str = typer.Option("png", "--format", help="png (one image per frame) or npz (one array per video)."),
+    save_probs: bool = typer.Option(False, "--save-probs", help="With --format npz: also store probabilities."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that already have a finished output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no table."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+) -> None:
+    """Segment the sounding objects of every sampled frame; resumable (finished videos are skipped)."""
+    from avsegcli.errors import AvsegError
+    from avsegcli.predictor import Predictor
+    from avsegcli.runner import collect_inputs, run_videos, write_summary
+
+    if fmt not in ("png", "npz"):
+        raise AvsegError(f"--format must be png or npz, not {fmt!r}")
+    if save_probs and fmt != "npz":
+        raise AvsegError("--save-probs needs --format npz")
+    if fps < 0:
+        raise AvsegError("--fps must be positive (or 0 for every frame)")
+    paths = collect_inputs(inputs, glob)
+    if not paths:
+        raise AvsegError(f"no videos found in {', '.join(inputs)}")
+    predictor = Predictor(weights, device=device, precision=precision, batch_size=batch_size, fps=fps or None)
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    if quiet or as_json:
+        results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers, fps=fps or None)
+    else:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=console, transient=False) as progress:
+            results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers,
+                                 fps=fps or None, progress=_RichProgress(progress, len(paths)))
+    seconds = time.perf_counter() - t0
+    frames = sum(r.frames for r in results)
+    summary_path = write_summary(results, out, {"model": predictor.model_info(), "seconds": round(seconds, 3),
+                                                "frames_per_second": round(frames / seconds, 4) if seconds else None})
+    failed = [r for r in results if r.status == "failed"]
+    if as_json:
+        print(summary_path.read_text())
+    elif not quiet:
+        table = Table(title=f"avseg run: {out}")
+        for col in ("video", "status", "frames", "seconds", "frames/s", "note"):
+            table.add_column(col)
+        for r in results:
+            rate = f"{r.frames / r.seconds:.2f}" if r.seconds else ""
+            note = r.reason or ("; ".join(r.warnings) if r.warnings else "")
+            table.add_row(Path(r.path).name, r.status, str(r.frames), f"{r.seconds:.1f}", rate, note)
+        counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+        table.caption = (f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; {frames} frames in "
+                         f"{seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} frames/s)")
+        Console().print(table)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for r in failed:
+        err.print(f"error: {r.path}: {r.reason}", markup=False)
+    if failed:
+        raise typer.Exit(1)

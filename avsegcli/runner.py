@@ -1,0 +1,276 @@
+"""The ``avseg run`` engine: many videos, decode workers, cross-video batches, atomic per-video outputs.
+
+Decoding and preprocessing run in worker processes (``workers`` > 0) that stream windows of frames and their
+audio patches through a bounded queue; the main process packs frames from any videos into batches of
+``batch_size``, runs the model (VGGish once per distinct audio second) and writes each video's folder with
+:class:`~avsegcli.maskio.VideoMaskWriter`, which publishes it only when complete. One bad video is reported
+and the others go on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from avsegcli import __version__
+from avsegcli.errors import AvsegError
+from avsegcli.maskio import VideoMaskWriter, is_complete
+from avsegcli.predictor import Predictor
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp", ".ogv")
+
+
+def collect_inputs(inputs: list[str], glob: str | None = None) -> list[Path]:
+    """Files as given, folders searched recursively (``glob`` or the common video extensions), ``@list.txt``
+    files read one path per line (blank lines and ``#`` comments skipped). Order kept, duplicates dropped."""
+    out: list[Path] = []
+    for item in inputs:
+        if item.startswith("@"):
+            lst = Path(item[1:])
+            if not lst.is_file():
+                raise AvsegError("no such list file", path=lst)
+            lines = [ln.strip() for ln in lst.read_text().splitlines()]
+            out += [(lst.parent / ln) if not Path(ln).is_absolute() else Path(ln) for ln in lines if ln and not ln.startswith("#")]
+        elif Path(item).is_dir():
+            root = Path(item)
+            found = root.rglob(glob) if glob else (p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+            out += sorted(p for p in found if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        else:
+            out.append(Path(item))  # a missing file is reported as that video's failure, not a crash
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def output_stems(paths: list[Path]) -> list[str]:
+    """One folder name per video: the file stem, made unique with ``-2``, ``-3``... when stems repeat."""
+    used: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        n = used.get(p.stem, 0) + 1
+        used[p.stem] = n
+        stems.append(p.stem if n == 1 else f"{p.stem}-{n}")
+    return stems
+
+
+@dataclass
+class VideoResult:
+    path: str
+    stem: str
+    status: str  # done | skipped | failed
+    reason: str = ""
+    frames: int = 0
+    seconds: float = 0.0
+    has_audio: bool | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class RunProgress(Protocol):
+    def video_started(self, vid: int, name: str, frames: int) -> None: ...
+    def frames_done(self, vid: int, n: int) -> None: ...
+    def video_finished(self, vid: int, result: VideoResult) -> None: ...
+
+
+# ---- decoding (in workers or inline) -------------------------------------------------------------------------
+
+def _decode_video(vid: int, path: str, fps: float | None, image_size: int, via: int | None, window: int) -> Iterator[tuple]:
+    """Messages for one video: ("start", vid, n, meta), ("win", vid, payload)..., ("end", vid) or ("error", vid, reason)."""
+    from avsegcli import media
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            info = media.probe(path)
+            idx, _ = media.sample_times(info, fps)
+            batches = media.iter_batches(path, fps=fps, batch_size=window, image_size=image_size, via=via, info=info)
+            meta = {"width": info.width, "height": info.height, "fps": info.fps, "duration": info.duration,
+                    "num_source_frames": info.num_frames, "has_audio": info.has_audio,
+                    "warnings": [str(w.message) for w in caught]}
+        yield ("start", vid, len(idx), meta)
+        for b in batches:
+            yield ("win", vid, {"frames": b.frames.numpy(), "timestamps": b.timestamps, "frame_indices": b.frame_indices,
+                                "chunk_indices": b.chunk_indices, "chunk_ids": b.chunk_ids, "chunk_log_mel": b.chunk_log_mel.numpy(),
+                                "chunk_rows": b.chunk_rows, "raw_size": tuple(b.raw_size)})
+        yield ("end", vid)
+    except AvsegError as err:
+        yield ("error", vid, err.reason)
+    except Exception as err:  # a decoder crash on a hostile file must not stop the batch
+        yield ("error", vid, f"cannot be decoded ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})")
+
+
+def _worker(jobs, results, fps, image_size, via, window) -> None:
+    torch.set_num_threads(1)
+    parent = os.getppid()
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        for msg in _decode_video(*job, fps, image_size, via, window):
+            while True:  # a killed parent must not leave us blocked forever
+                try:
+                    results.put(msg, timeout=1.0)
+                    break
+                except queue.Full:
+                    if os.getppid() != parent:
+                        return
+
+
+def _messages(jobs: list[tuple[int, str]], workers: int, fps, image_size, via, window) -> Iterator[tuple]:
+    if workers <= 0:
+        for vid, path in jobs:
+            yield from _decode_video(vid, path, fps, image_size, via, window)
+        return
+    ctx = mp.get_context("spawn")
+    job_q, res_q = ctx.Queue(), ctx.Queue(maxsize=2 * workers + 2)
+    for job in jobs:
+        job_q.put(job)
+    procs = [ctx.Process(target=_worker, args=(job_q, res_q, fps, image_size, via, window), daemon=True) for _ in range(workers)]
+    for p in procs:
+        job_q.put(None)
+        p.start()
+    pending = len(jobs)
+    try:
+        while pending:
+            try:
+                msg = res_q.get(timeout=5.0)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    raise RuntimeError("all decode workers exited unexpectedly") from None
+                continue
+            if msg[0] in ("end", "error"):
+                pending -= 1
+            yield msg
+    finally:
+        for p in procs:
+            p.join(timeout=1.0)
+            if p.is_alive():
+                p.terminate()
+
+
+# ---- the run -------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Video:
+    result: VideoResult
+    writer: VideoMaskWriter | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    expected: int = -1
+    written: int = 0
+    ended: bool = False
+    t0: float = 0.0
+
+
+def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, fmt: str = "png", save_probs: bool = False,
+               overwrite: bool = False, workers: int = 1, fps: float | None = 1.0, progress: RunProgress | None = None) -> list[VideoResult]:
+    """Segment every video into ``out_dir/<stem>/``. Returns one :class:`VideoResult` per input, in input order."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = output_stems(paths)
+    videos = [_Video(VideoResult(path=str(p), stem=s, status="pending")) for p, s in zip(paths, stems)]
+    jobs = []
+    for vid, (v, p) in enumerate(zip(videos, paths)):
+        if not overwrite and is_complete(out_dir / v.result.stem):
+            v.result.status = "skipped"
+            v.result.reason = "already done (meta.json exists; --overwrite redoes it)"
+        else:
+            jobs.append((vid, str(p)))
+    window = max(1, min(predictor.batch_size, 64))
+    pending: list[tuple[int, int, dict[str, Any]]] = []  # (vid, row, window payload)
+    model_info = predictor.model_info()
+
+    def flush(force: bool) -> None:
+        while pending and (force or len(pending) >= predictor.batch_size):
+            take, rest = pending[: predictor.batch_size], pending[predictor.batch_size:]
+            pending[:] = rest
+            live = [(vid, row, w) for vid, row, w in take if videos[vid].result.status == "pending"]
+            if not live:
+                continue
+            keys: dict[tuple[int, int], int] = {}
+            patches, rows = [], []
+            for vid, row, w in live:
+                key = (vid, int(w["chunk_indices"][row]))
+                if key not in keys:
+                    keys[key] = len(patches)
+                    patches.append(torch.from_numpy(w["chunk_log_mel"][w["chunk_rows"][row]]))
+                rows.append(keys[key])
+            frames = torch.from_numpy(np.stack([w["frames"][row] for _, row, w in live]))
+            logits = predictor.logits(frames, torch.stack(patches), np.array(rows))
+            for (vid, row, w), lg in zip(live, logits):
+                v = videos[vid]
+                masks, probs = predictor.to_masks(lg[None], w["raw_size"], with_probs=save_probs)
+                v.writer.add(frame_index=int(w["frame_indices"][row]), timestamp=float(w["timestamps"][row]),
+                             chunk=int(w["chunk_indices"][row]), mask=masks[0], probs=None if probs is None else probs[0])
+                v.written += 1
+                if progress:
+                    progress.frames_done(vid, 1)
+                maybe_finish(vid)
+
+    def maybe_finish(vid: int) -> None:
+        v = videos[vid]
+        if v.result.status != "pending" or not v.ended or v.written < v.expected:
+            return
+        v.result.seconds = round(time.perf_counter() - v.t0, 3)
+        meta = {"source": str(Path(v.result.path).resolve()), **v.meta, "sample_fps": fps, "model": model_info,
+                "avseg_version": __version__, "seconds": v.result.seconds}
+        v.writer.finish(meta)
+        v.result.status, v.result.frames = "done", v.written
+        if progress:
+            progress.video_finished(vid, v.result)
+
+    def fail(vid: int, reason: str) -> None:
+        v = videos[vid]
+        if v.writer is not None:
+            v.writer.abort()
+        v.result.status, v.result.reason = "failed", reason
+        if progress:
+            progress.video_finished(vid, v.result)
+
+    for msg in _messages(jobs, workers, fps, predictor.image_size, predictor.via, window):
+        kind, vid = msg[0], msg[1]
+        v = videos[vid]
+        if kind == "start":
+            v.expected, v.meta, v.t0 = msg[2], msg[3], time.perf_counter()
+            v.result.has_audio, v.result.warnings = msg[3]["has_audio"], msg[3]["warnings"]
+            v.writer = VideoMaskWriter(out_dir, v.result.stem, fmt=fmt, semantic=predictor.semantic, save_probs=save_probs)
+            if progress:
+                progress.video_started(vid, Path(v.result.path).name, v.expected)
+        elif kind == "win":
+            pending.extend((vid, r, msg[2]) for r in range(len(msg[2]["frame_indices"])))
+            flush(force=False)
+        elif kind == "end":
+            v.ended = True
+            if v.expected == 0:
+                fail(vid, "has no frames to segment")
+            flush(force=False)
+            maybe_finish(vid)
+        elif kind == "error":
+            fail(vid, msg[2])
+    flush(force=True)
+    for vid, v in enumerate(videos):
+        if v.result.status == "pending":  # cannot happen unless a worker died silently
+            fail(vid, "decoding stopped before the end of the video")
+    return [v.result for v in videos]
+
+
+def write_summary(results: list[VideoResult], out_dir: str | Path, extra: dict[str, Any]) -> Path:
+    """``out_dir/summary.json`` (written to a temporary name, then renamed)."""
+    import json
+    from dataclasses import asdict
+
+    data = {**extra, "videos": [asdict(r) for r in results],
+            "counts": {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")},
+            "frames": sum(r.frames for r in results)}
+    path = Path(out_dir) / "summary.json"
+    tmp = path.with_name("summary.json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+    return path
