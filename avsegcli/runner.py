@@ -87,19 +87,18 @@ def _decode_video(vid: int, path: str, fps: float | None, image_size: int, via: 
     from avsegcli import media
 
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            info = media.probe(path)
-            idx, _ = media.sample_times(info, fps)
-            batches = media.iter_batches(path, fps=fps, batch_size=window, image_size=image_size, via=via, info=info)
-            meta = {"width": info.width, "height": info.height, "fps": info.fps, "duration": info.duration,
-                    "num_source_frames": info.num_frames, "has_audio": info.has_audio,
-                    "warnings": [str(w.message) for w in caught]}
+        info = media.probe(path)
+        idx, _ = media.sample_times(info, fps)
+        notes = [] if info.has_audio else ["no audio track: processed with silent audio"]
+        meta = {"width": info.width, "height": info.height, "fps": info.fps, "duration": info.duration,
+                "num_source_frames": info.num_frames, "has_audio": info.has_audio, "warnings": notes}
         yield ("start", vid, len(idx), meta)
-        for b in batches:
-            yield ("win", vid, {"frames": b.frames.numpy(), "timestamps": b.timestamps, "frame_indices": b.frame_indices,
-                                "chunk_indices": b.chunk_indices, "chunk_ids": b.chunk_ids, "chunk_log_mel": b.chunk_log_mel.numpy(),
-                                "chunk_rows": b.chunk_rows, "raw_size": tuple(b.raw_size)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", media.NoAudioWarning)  # recorded in meta["warnings"] instead
+            for b in media.iter_batches(path, fps=fps, batch_size=window, image_size=image_size, via=via, info=info):
+                yield ("win", vid, {"frames": b.frames.numpy(), "timestamps": b.timestamps, "frame_indices": b.frame_indices,
+                                    "chunk_indices": b.chunk_indices, "chunk_ids": b.chunk_ids,
+                                    "chunk_log_mel": b.chunk_log_mel.numpy(), "chunk_rows": b.chunk_rows, "raw_size": tuple(b.raw_size)})
         yield ("end", vid)
     except AvsegError as err:
         yield ("error", vid, err.reason)

@@ -1,0 +1,145 @@
+"""``avseg run`` end to end on generated videos with the tiny preset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import avsegcli
+from avsegcli.maskio import read_masks_dir
+from avsegcli.runner import collect_inputs, output_stems
+from avsegcli.weights import save_checkpoint
+from conftest import REPO, run_cli
+from media_gen import make_video
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(avsegcli.build_model("tiny"), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    make_video(root / "good1.mp4", seconds=3, fps=25, size=(96, 64), tone_hz=440)
+    make_video(root / "good2.mkv", seconds=4, fps=30, size=(80, 60), tone_hz=880, channels=2, sample_rate=44100)
+    make_video(root / "sub" / "good3.mov", seconds=2, fps=24, size=(64, 96), tone_hz=300)
+    make_video(root / "silent.mp4", seconds=3, fps=25, size=(96, 64), audio=False)
+    data = (root / "good1.mp4").read_bytes()
+    (root / "corrupt.mp4").write_bytes(data[: len(data) // 3])
+    return root
+
+
+def test_folder_with_bad_and_silent_videos(videos, tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("run", videos, "--out", out, "--weights", tiny_ckpt, "--batch-size", "4", "--workers", "1")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    status = {Path(v["path"]).name: v["status"] for v in summary["videos"]}
+    assert status == {"corrupt.mp4": "failed", "good1.mp4": "done", "good2.mkv": "done", "good3.mov": "done", "silent.mp4": "done"}
+    assert summary["counts"] == {"done": 4, "skipped": 0, "failed": 1}
+    failed_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(failed_lines) == 1 and "corrupt.mp4" in failed_lines[0]
+    assert not (out / "corrupt").exists() and not (out / ".corrupt.partial").exists()
+
+    meta = json.loads((out / "silent" / "meta.json").read_text())
+    assert meta["has_audio"] is False and any("audio" in w for w in meta["warnings"])
+    meta1 = json.loads((out / "good1" / "meta.json").read_text())
+    assert meta1["has_audio"] is True and meta1["width"] == 96 and meta1["height"] == 64
+    assert [f["frame_index"] for f in meta1["frames"]] == [23, 48, 73]  # the benchmark's frame of each second
+    assert meta1["model"]["sha256"] and meta1["model"]["preset"] == "tiny"
+    masks = read_masks_dir(out / "good3")
+    assert masks.masks.shape == (2, 96, 64) and set(np.unique(masks.masks)) <= {0, 1}
+    png = (out / "good3" / meta["frames"][0]["file"]).name
+    assert png.endswith(".png") and len(png) == len("000023.png")
+
+
+def test_masks_equal_predictor_and_batch_size_independent(videos, tiny_ckpt, tmp_path):
+    pred = avsegcli.Predictor(tiny_ckpt, device="cpu", batch_size=1)
+    direct = pred.predict_video(videos / "good2.mkv")
+    pred.batch_size = 32
+    assert np.array_equal(pred.predict_video(videos / "good2.mkv").masks, direct.masks)
+    assert direct.masks.shape == (4, 60, 80)
+    assert list(direct.frame_indices) == [28, 58, 88, 118]  # int(l*30 + 15/16*30)
+    assert np.allclose(direct.timestamps, direct.frame_indices / 30, atol=1e-3)  # mkv stores milliseconds
+
+    for bs, fmt in (("1", "png"), ("32", "npz")):
+        out = tmp_path / f"out{bs}"
+        proc = run_cli("run", videos / "good2.mkv", videos / "good1.mp4", "--out", out, "--weights", tiny_ckpt,
+                       "--batch-size", bs, "--workers", "0", "--format", fmt, "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        saved = read_masks_dir(out / "good2")
+        assert np.array_equal(saved.masks, direct.masks), f"batch size {bs}"
+        assert np.array_equal(saved.frame_indices, direct.frame_indices)
+
+
+def test_interrupted_run_resumes(videos, tiny_ckpt, tmp_path):
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(6):
+        os.link(videos / "good1.mp4", many / f"clip{i}.mp4")
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "avsegcli", "run", str(many), "--out", str(out), "--weights", str(tiny_ckpt),
+            "--batch-size", "1", "--workers", "0", "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*/meta.json")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.parent.name for p in out.glob("*/meta.json")}
+    assert 1 <= len(done_before) < 6
+    for folder in out.iterdir():  # no published folder lacks a mask
+        if folder.is_dir() and not folder.name.startswith("."):
+            ms = read_masks_dir(folder)
+            assert len(ms.masks) == 3
+
+    proc2 = run_cli("run", many, "--out", out, "--weights", tiny_ckpt, "--workers", "0", "--json")
+    assert proc2.returncode == 0, proc2.stderr
+    summary = json.loads(proc2.stdout)
+    status = {v["stem"]: v["status"] for v in summary["videos"]}
+    assert {s for s, st in status.items() if st == "skipped"} == done_before
+    assert {s for s, st in status.items() if st == "done"} == {f"clip{i}" for i in range(6)} - done_before
+    assert not list(out.glob(".*.partial"))
+
+
+def test_inputs_list_and_usage_errors(videos, tiny_ckpt, tmp_path):
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# my videos\n{videos / 'good1.mp4'}\n\n{videos / 'sub' / 'good3.mov'}\n")
+    paths = collect_inputs([f"@{lst}", str(videos / "good1.mp4")])
+    assert [p.name for p in paths] == ["good1.mp4", "good3.mov"]
+    assert output_stems([Path("a/x.mp4"), Path("b/x.mp4")]) == ["x", "x-2"]
+    assert [p.name for p in collect_inputs([str(videos)], glob="*.mov")] == ["good3.mov"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("run", empty, "--out", tmp_path / "o", "--weights", tiny_ckpt)
+    assert proc.returncode == 2 and "no videos found" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("run", videos / "good1.mp4", "--out", tmp_path / "o", "--weights", tmp_path / "nope.pth")
+    assert proc.returncode == 2 and "nope.pth" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli("run", videos / "missing.mp4", videos / "good1.mp4", "--out", tmp_path / "o2", "--weights", tiny_ckpt, "--quiet")
+    assert proc.returncode == 1 and "missing.mp4" in proc.stderr
+    assert (tmp_path / "o2" / "good1" / "meta.json").is_file()
+
+
+def test_no_weights_names_where_to_put_them(videos, tmp_path):
+    from avsegcli.predictor import REPO_WEIGHTS, DEFAULT_WEIGHTS_NAME
+
+    if (REPO_WEIGHTS / DEFAULT_WEIGHTS_NAME).is_file():
+        pytest.skip("the bundled default model exists")
+    proc = run_cli("run", videos / "good1.mp4", "--out", tmp_path / "o")
+    assert proc.returncode == 2
+    assert "weights" in proc.stderr and "AVSegFormer_res50_s4.pth" in proc.stderr
