@@ -87,9 +87,9 @@ class VideoMaskWriter:
 
     def finish(self, meta: dict[str, Any]) -> Path:
         """Write the npz (if any) and ``meta.json`` last, then rename the folder into place."""
-        self.records.sort(key=lambda r: r["frame_index"])
+        order = np.argsort([r["frame_index"] for r in self.records], kind="stable")
+        self.records = [self.records[i] for i in order]
         if self.fmt == "npz":
-            order = np.argsort([r["frame_index"] for r in self.records], kind="stable")
             arrays = {
                 "masks": np.stack(self._masks)[order] if self._masks else np.zeros((0, 0, 0), np.uint8),
                 "frame_indices": np.array([r["frame_index"] for r in self.records], dtype=np.int64),

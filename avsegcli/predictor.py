@@ -95,7 +95,8 @@ class Predictor:
         return {"weights": str(self.weights), "sha256": self.sha256, "preset": self.config.get("name"), "task": self.config.get("task"),
                 "num_classes": self.num_classes, "image_size": self.image_size, "device": str(self.device), "precision": self.precision}
 
-    def _autocast(self):
+    def autocast(self):
+        """The autocast context for this predictor's precision (a no-op for fp32)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
@@ -105,7 +106,7 @@ class Predictor:
         """``frames [B, 3, S, S]`` normalised, ``chunk_log_mel [C, 1, 96, 64]`` (one patch per distinct audio second),
         ``chunk_rows [B]`` (frame -> patch row). VGGish runs once per patch. Returns ``[B, K, S, S]`` float32 logits."""
         rows = torch.as_tensor(np.asarray(chunk_rows), dtype=torch.long, device=self.device)
-        with self._autocast():
+        with self.autocast():
             emb = self.model.embed_audio(chunk_log_mel.to(self.device, non_blocking=True))
             out = self.model(frames.to(self.device, non_blocking=True), audio_embedding=emb[rows])
         return out["pred_masks"].float()

@@ -69,7 +69,7 @@ def bench(preset: str, videos: list[Path], tmp: Path, device: str, precision: st
         t_decode += time.perf_counter() - t
     t_audio = t_backbone = t_head = 0.0
     model = pred.model
-    with torch.inference_mode(), pred._autocast():
+    with torch.inference_mode(), pred.autocast():
         for b in batches:
             x, lm = b.frames.to(dev), b.chunk_log_mel.to(dev)
             emb = None

@@ -34,9 +34,11 @@ def _root(
 
 
 def _register() -> None:
-    from avsegcli.cli import run_cmd, weights_cmd
+    from avsegcli.cli import eval_cmd, render_cmd, run_cmd, weights_cmd
 
     app.command("run")(run_cmd.run)
+    app.command("eval")(eval_cmd.evaluate)
+    app.command("render")(render_cmd.render)
     app.add_typer(weights_cmd.app, name="weights")
 
 

@@ -1,0 +1,142 @@
+"""``avseg eval``: score a checkpoint or saved masks on an AVSBench split (flags map onto ``evaluate.evaluate``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+PROTOCOL_CHOICES = {"official": ("official",), "per-frame": ("per-frame",), "both": ("official", "per-frame")}
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.2f}"
+
+
+def _tables(res: dict[str, Any]) -> list[Table]:
+    """Overall scores per protocol; per category (S4) or per subset and per class (AVSS)."""
+    protos = res["protocols"]
+    c = res["counts"]
+    title = f"avseg eval {res['task']} {res['split']}: {c['clips']} clips, {c['frames']} frames"
+    overall = Table(title=title)
+    for col in ("protocol", "mIoU %", "F-score %", "frames scored"):
+        overall.add_column(col, justify="left" if col == "protocol" else "right")
+    for p in protos:
+        r = res["overall"][p]
+        overall.add_row(p, _pct(r["miou"]), _pct(r["fscore"]), str(r["frames"]))
+    source = res["model"]["weights"] if res["model"] else f"{res['pred_dir']} ({res['pred_layout']} layout)"
+    notes = [f"scored: {source}", f"{res['batch_clips']} clip(s) per batch, masks at {res['image_size']} px"]
+    if res["task"] == "avss" and "official" in protos:
+        notes.append("official: mean over all 71 classes (absent classes count as 0), padded frames included")
+    if res["task"] != "avss" and res["mode"] == "pred":
+        notes.append("F-score of saved 0/1 masks: only two threshold levels, not the model's probabilities")
+    overall.caption = "; ".join(notes)
+    tables = [overall]
+    if res.get("per_category"):
+        cat = Table(title="per category (per-frame protocol)")
+        for col in ("category", "frames", "mIoU %", "F-score %"):
+            cat.add_column(col, justify="left" if col == "category" else "right")
+        for k, v in res["per_category"].items():
+            cat.add_row(k, str(v["frames"]), _pct(v["miou"]), _pct(v["fscore"]))
+        tables.append(cat)
+    if res.get("per_subset"):
+        sub = Table(title="per subset")
+        sub.add_column("subset")
+        for p in protos:
+            sub.add_column(f"frames ({p})", justify="right")
+            sub.add_column(f"mIoU % ({p})", justify="right")
+            sub.add_column(f"F % ({p})", justify="right")
+        for key in res["per_subset"][protos[0]]:
+            row = [key]
+            for p in protos:
+                v = res["per_subset"][p].get(key, {})
+                row += [str(v.get("frames", "-")), _pct(v.get("miou")), _pct(v.get("fscore"))]
+            sub.add_row(*row)
+        tables.append(sub)
+    if res.get("per_class"):
+        pc = res["per_class"]
+        first = protos[0]
+        seen = [i for i, n in enumerate(pc[first]["count"]) if n]  # frames where label or prediction has it
+        seen.sort(key=lambda i: (-pc[first]["iou"][i], i))
+        cls = Table(title=f"per class, by IoU ({first})")
+        for col in ("class", "id", "frames"):
+            cls.add_column(col, justify="left" if col == "class" else "right")
+        for p in protos:
+            cls.add_column(f"IoU % ({p})", justify="right")
+            cls.add_column(f"F % ({p})", justify="right")
+        for i in seen:
+            row = [pc["names"][i], str(i), str(pc[first]["count"][i])]
+            for p in protos:
+                row += [_pct(pc[p]["iou"][i]), _pct(pc[p]["fscore"][i])]
+            cls.add_row(*row)
+        cls.caption = (f"{len(seen)} of {len(pc['names'])} classes present (frames: frames where the class is in "
+                       f"the label or the prediction)")
+        tables.append(cls)
+    return tables
+
+
+def evaluate(
+    task: str = typer.Option(..., "--task", "-t", help="s4, ms3 or avss."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="AVSBench root (holds Single-source/, Multi-sources/, AVSS/). Default: $AVSBENCH_ROOT, else ./data."),
+    split: str = typer.Option("test", "--split", help="train, val or test."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint to run over the split (default: the bundled model, when neither --weights nor --pred is given)."),
+    pred: Optional[Path] = typer.Option(None, "--pred", help="Score saved masks instead: the benchmark's layout or `avseg run` output folders."),
+    protocol: str = typer.Option("both", "--protocol", help="official (the paper's numbers), per-frame (batch independent) or both."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Clips per batch (default 2 for S4/MS3 = the official 10 frames, 4 for AVSS)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (autocast)."),
+    save_pred: Optional[Path] = typer.Option(None, "--save-pred", help="With --weights: also save the predicted masks here, in the benchmark's layout."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write every number as JSON to this file ('-' for stdout, no table)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N clips of the split."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Scoring size in pixels (default: the checkpoint's; with --pred the saved masks' own size when square, else 512 S4/MS3, 224 AVSS)."),
+    workers: int = typer.Option(0, "--workers", help="Data loading processes (0 = in the main process)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
+) -> None:
+    """Score mIoU and F-score on AVSBench (S4, MS3, AVSS) with the official protocol and a per-frame one."""
+    from avsegcli.errors import AvsegError
+    from avsegcli.evaluate import check_task, evaluate as run_eval, resolve_data_root
+
+    check_task(task)
+    if protocol not in PROTOCOL_CHOICES:
+        raise AvsegError(f"--protocol must be official, per-frame or both, not {protocol!r}")
+    if weights is not None and pred is not None:
+        raise AvsegError("give --weights or --pred, not both")
+    if save_pred is not None and pred is not None:
+        raise AvsegError("--save-pred needs --weights (the masks come from the model)")
+    root = resolve_data_root(data)
+    predictor = None
+    if pred is None:
+        from avsegcli.predictor import Predictor
+
+        predictor = Predictor(weights, device=device, precision=precision)
+    kw: dict[str, Any] = dict(predictor=predictor, pred_dir=pred, protocols=PROTOCOL_CHOICES[protocol],
+                              batch_clips=batch_size, save_pred=save_pred, limit=limit, image_size=image_size,
+                              workers=workers)
+    to_stdout = json_out == "-"
+    if quiet or to_stdout:
+        res = run_eval(task, root, split, **kw)
+    else:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn()]
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            bar = progress.add_task(f"{task} {split} clips", total=None)
+            res = run_eval(task, root, split, **kw,
+                           progress=lambda done, total: progress.update(bar, completed=done, total=total))
+    text = json.dumps(res, indent=1)
+    if to_stdout:
+        print(text)
+    elif json_out is not None:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(text + "\n")
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for w in res["warnings"]:
+        err.print(f"warning: {w}", markup=False)
+    if not (quiet or to_stdout):
+        out = Console()
+        for t in _tables(res):
+            out.print(t)
