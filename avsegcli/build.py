@@ -89,6 +89,23 @@ def tiny() -> Config:
     }
 
 
+def synth() -> Config:
+    """The bundled default's size: a PVTv2-B0-like trunk and a small head, trainable on a CPU (about 5 M values)."""
+    return {
+        "name": "synth",
+        "task": "s4",
+        "frames_per_clip": 5,
+        "image_size": 128,
+        "frame_resize_via": None,
+        "backbone": {"kind": "pvt_v2", "embed_dims": [32, 64, 160, 256], "depths": [2, 2, 2, 2], "num_heads": [1, 2, 5, 8],
+                     "mlp_ratios": [8, 8, 4, 4], "sr_ratios": [8, 4, 2, 1], "drop_path_rate": 0.0},
+        "vggish": {"channels": [16, 32, 64, 64], "hidden_dim": 256, "embed_dim": 128},
+        "head": {"dim": 128, "num_classes": 1, "num_queries": 32, "query_layers": 2, "query_ffn_dim": 256,
+                 "encoder_layers": 2, "decoder_layers": 3, "ffn_dim": 256, "mlp_dim": 256, "num_heads": 8,
+                 "num_points": 4, "dropout": 0.0},
+    }
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "s4-r50": s4_r50,
     "s4-pvt2": s4_pvt2,
@@ -97,6 +114,7 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "avss-r50": avss_r50,
     "avss-pvt2": avss_pvt2,
     "tiny": tiny,
+    "synth": synth,
 }
 
 

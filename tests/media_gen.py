@@ -1,16 +1,18 @@
 """Generate small test media with the ffmpeg binary bundled by ``imageio-ffmpeg``.
 
-Reusable by every test module (and by ``benchmarks/bench_media.py``)::
+Reusable by every test module::
 
-    from media_gen import make_video, make_audio, make_vfr_video
+    from media_gen import cached, make_audio, make_video, make_vfr_video
 
     make_video(tmp / "a.mp4", seconds=5, fps=25, size=(64, 48), audio=True,
                sample_rate=16000, channels=1, tone_hz=440.0, tone_start=0.0)
+    path = cached(tmp_path_factory, "a.mp4", seconds=5, fps=25)  # once per pytest session
 
 The container and codecs follow the file suffix (see ``CODECS``); ``video_codec=`` /
 ``audio_codec=`` override them. The picture is ffmpeg's ``testsrc2`` pattern (``testsrc`` for
-odd sizes; both move, so consecutive frames differ); the sound is a sine of ``tone_hz`` that is silent before
-``tone_start`` seconds (every channel carries the same tone).
+odd sizes; both move, so consecutive frames differ); the sound is a sine of ``tone_hz`` that
+is silent before ``tone_start`` seconds (every channel carries the same tone unless
+``amplitudes`` says otherwise).
 """
 
 from __future__ import annotations

@@ -168,7 +168,10 @@ class AVSBenchObject(Dataset):
     csv_path: Path  # set by _scan
 
     def __init__(self, root: str | Path, split: str = "test", image_size: int = 512,
-                 load_audio: bool = True) -> None:
+                 load_audio: bool = True, train_masks: str = "first") -> None:
+        if train_masks not in ("first", "all"):
+            raise ValueError(f"train_masks must be 'first' (the benchmark's S4 train protocol) or 'all', got {train_masks!r}")
+        self.train_masks = train_masks
         self.root = Path(root)
         self.split = check_split(split)
         self.image_size = int(image_size)
@@ -232,7 +235,7 @@ class S4Dataset(AVSBenchObject):
             name, cat = row["#0"], row["#2"]
             fdir = data / "visual_frames" / self.split / cat / name
             mdir = data / "gt_masks" / self.split / cat / name
-            n_masks = 1 if self.split == "train" else 5
+            n_masks = 1 if (self.split == "train" and self.train_masks == "first") else 5
             clips.append(ClipInfo(
                 name=name, split=self.split, task=self.task, category=cat,
                 frame_paths=[fdir / f"{name}_{i}.png" for i in range(1, 6)],

@@ -3,17 +3,18 @@
 Rules (``N`` frames, ``times[i]`` the presentation time of frame ``i`` from
 :attr:`MediaInfo.frame_times <avsegcli.media.probe.MediaInfo>`):
 
-``fps == 1`` (the default) on a constant-rate video -- exactly the AVSBench rule. With ``F = round(native fps)`` (at least
-1), second ``l`` takes frame ``min(int(l*F + 15/16*F), N - 1)``, for ``l = 0 .. ceil(N/F) - 1``:
+``fps == 1`` (the default) on a constant-rate video -- exactly the AVSBench rule. With
+``F = round(native fps)`` (at least 1), second ``l`` takes frame ``min(int(l*F + 15/16*F), N - 1)``
+for ``l = 0 .. ceil(N/F) - 1``:
 one frame per started second that has a frame (second ``l`` "has a frame" when frame ``l*F``
-exists). A 25 fps, 5 s video (125 frames) gives ``[23, 48, 73, 98, 123]``; 5.5 s (137 frames)
-adds second 5 -> ``int(148.4375) = 148`` clamped to frame 136. This rule counts frames, not
+exists). A 25 fps, 5 s video (125 frames) gives ``[23, 48, 73, 98, 123]``; 5.5 s (138 frames)
+adds second 5 -> ``int(148.4375) = 148`` clamped to frame 137. This rule counts frames, not
 timestamps, as the benchmark did (for 29.97 fps ``F = 30``). On a variable-rate video (some
 frame more than half a frame period away from ``i / fps``, see :func:`is_constant_rate`) frame
 counts do not measure seconds, so ``fps == 1`` uses the timestamp rule below instead.
 
-``fps = r > 0``, ``r != 1`` (or ``r == 1`` on variable-rate video) -- the same idea by timestamp: interval ``l`` is
-``[l/r, (l+1)/r)``, for ``l = 0 .. floor(r * times[-1])`` (every interval that starts at or
+``fps = r > 0``, ``r != 1`` (or ``r == 1`` on variable-rate video) -- the same idea by
+timestamp: interval ``l`` is ``[l/r, (l+1)/r)``, for ``l = 0 .. floor(r * times[-1])`` (every interval that starts at or
 before the last frame), and takes the frame shown at ``(l + 15/16) / r``: the last frame with
 ``times[i] <= (l + 15/16) / r`` (frame 0 if none). For constant-rate video with integer fps and
 ``r = 1`` this is the benchmark rule. When ``r`` exceeds the native rate a frame can be taken by

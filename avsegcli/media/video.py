@@ -10,7 +10,7 @@
   decord issues #157, #197, #208), and the decoded backlog stays in ffmpeg's buffer pools until
   the reader is freed: at 720p that was gigabytes after a few minutes. :meth:`iter_windows`
   therefore (a) parks the decoder (``seek(0)``, which stops the worker and drops its queues)
-  after a window unless the next window starts on the very next frame, and (b) as a safety
+  after a window whenever re-seeking is cheap (see there), and (b) as a safety
   valve, reopens the reader between windows whenever the process grew by more than
   ``DECODER_MEMORY_BUDGET_MB`` since it was opened (a packet index scan, 0.1-1 s for an hour of
   video, plus decoding from the keyframe before the next window). Memory then stays flat with
@@ -44,7 +44,7 @@ TIME_DECIMALS = 6
 #: between windows, reopen the decord reader once the process has grown by this much since it was
 #: opened (see VideoSource): decord decodes ahead of what was asked when its worker thread lags,
 #: and ffmpeg keeps the frame buffers of that backlog pooled until the reader is freed.
-DECODER_MEMORY_BUDGET_MB = 1024.0
+DECODER_MEMORY_BUDGET_MB = 512.0
 
 
 def rss_mb() -> float | None:
@@ -70,6 +70,12 @@ def _short(err: BaseException) -> str:
     if ": " in text and text.startswith("["):
         text = text.split(": ", 1)[1]
     return text.strip()
+
+
+def _keyframe_before(keys: np.ndarray, frame: int) -> int:
+    """The last keyframe at or before ``frame`` (0 when unknown)."""
+    i = int(np.searchsorted(keys, frame, side="right")) - 1
+    return int(keys[i]) if i >= 0 else 0
 
 
 class VideoSource:
@@ -181,30 +187,34 @@ class VideoSource:
         """Yield ``(positions, frames)`` for consecutive slices of ``indices`` of length ``window``.
 
         ``positions`` is the ``slice`` into ``indices``; ``frames`` is ``[<=window, H, W, 3]`` uint8.
-        After decoding a window (before handing it out) the decoder is parked, unless the next
-        window continues on the very next frame (and that frame is not a keyframe: re-seeking
-        would then cost decoding from the previous keyframe again); the reader is reopened
-        instead when memory grew past ``budget_mb`` (see :meth:`release_buffers`;
+        After decoding a window, before handing it out, the decoder is parked (:meth:`park`)
+        whenever that costs little: when the next window starts in another GOP (decord would
+        seek there anyway), on a keyframe, or -- for sparse windows -- within as many frames of
+        its keyframe as this window spanned (re-decoding at most doubles the work). The reader
+        is reopened instead when memory grew past ``budget_mb`` (:meth:`release_buffers`;
         ``float("inf")`` never reopens, ``None`` always does).
         """
         indices = np.asarray(indices, dtype=np.int64)
         window = max(1, int(window))
-        keyframes = self._keyframes()
+        keys = np.asarray(sorted(self._keyframes()), dtype=np.int64)
         for start in range(0, len(indices), window):
             sl = slice(start, min(start + window, len(indices)))
             frames = self.get(indices[sl])
             nxt = sl.stop
             if nxt < len(indices) and not self.release_buffers(budget_mb):
-                contiguous = indices[nxt] == indices[nxt - 1] + 1
-                if not contiguous or int(indices[nxt]) in keyframes:
+                last, first = int(indices[nxt - 1]), int(indices[nxt])
+                key_last, key_next = _keyframe_before(keys, last), _keyframe_before(keys, first)
+                sparse = first != last + 1
+                span = last - int(indices[start]) + 1
+                if key_next != key_last or first == key_next or (sparse and first - key_next <= span):
                     self.park()
             yield sl, frames
 
-    def _keyframes(self) -> set[int]:
+    def _keyframes(self) -> list[int]:
         try:
-            return set(int(k) for k in self._vr.get_key_indices())
+            return [int(k) for k in self._vr.get_key_indices()]
         except Exception:
-            return set()
+            return []
 
     def park(self) -> None:
         """Stop decord's background decoding (``seek(0)`` clears its queues; decord issues #157,

@@ -84,7 +84,7 @@ def _write_object_clip(root: Path, task: str, split: str, name: str, clip: Synth
         data, sub = root / "Single-source" / "s4_data", Path(split, cat)
         frame_dir = data / "visual_frames" / sub / name
         frame_names = [f"{name}_{i}.png" for i in range(1, 6)]
-        n_masks = 1 if split == "train" else 5
+        n_masks = 5  # the benchmark annotates only frame 1 in train; we write all five (readers choose)
         row = [name, name, cat, split]
     else:
         data, sub = root / "Multi-sources" / "ms3_data", Path(split)
