@@ -238,3 +238,15 @@ def test_cli_synth(tmp_path):
     assert summary["splits"]["test"]["clips"] == 2 and summary["split_seeds"]["test"] == split_seed(7, "test")
     assert len(make_dataset("s4", out, "test", image_size=64)) == 2
     assert torch.is_tensor(make_dataset("s4", out, "train", image_size=64)[0]["log_mel"])
+
+
+def test_s4_train_masks_all(s4_root):
+    """Synthetic S4 train clips carry all five masks; the benchmark protocol still reads only the first."""
+    first = make_dataset("s4", s4_root, "train", image_size=64, load_audio=False)
+    every = make_dataset("s4", s4_root, "train", image_size=64, load_audio=False, train_masks="all")
+    a, b = first[0], every[0]
+    assert a["mask_valid"].tolist() == [True, False, False, False, False]
+    assert b["mask_valid"].tolist() == [True] * 5
+    assert torch.equal(a["masks"][0], b["masks"][0])
+    with pytest.raises(ValueError):
+        make_dataset("s4", s4_root, "train", train_masks="some")
