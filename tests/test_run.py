@@ -143,3 +143,15 @@ def test_no_weights_names_where_to_put_them(videos, tmp_path):
     proc = run_cli("run", videos / "good1.mp4", "--out", tmp_path / "o")
     assert proc.returncode == 2
     assert "weights" in proc.stderr and "AVSegFormer_res50_s4.pth" in proc.stderr
+
+
+def test_run_with_render(videos, tiny_ckpt, tmp_path):
+    import decord
+
+    out = tmp_path / "out"
+    proc = run_cli("run", videos / "good1.mp4", "--out", out, "--weights", tiny_ckpt, "--workers", "0", "--render", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    overlay = out / "good1" / "overlay.mp4"
+    assert overlay.is_file() and (out / "good1" / "meta.json").is_file()
+    src, vid = decord.VideoReader(str(videos / "good1.mp4")), decord.VideoReader(str(overlay))
+    assert len(vid) == len(src) and abs(vid.get_avg_fps() - src.get_avg_fps()) < 1e-6

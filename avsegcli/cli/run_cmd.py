@@ -42,6 +42,22 @@ class _RichProgress:
             self.p.remove_task(task)
 
 
+def _render_all(results, out: Path, console: Console, quiet: bool) -> None:
+    """Overlay videos for the videos done in this run (a render failure marks that video failed, the rest go on)."""
+    from avsegcli.errors import AvsegError
+    from avsegcli.render import render_video
+
+    for r in results:
+        if r.status != "done":
+            continue
+        try:
+            stats = render_video(r.path, out / r.stem, out / r.stem / "overlay.mp4", progress=not quiet)
+            if not quiet:
+                console.print(f"rendered {stats['out']} ({stats['frames']} frames)", markup=False, highlight=False)
+        except AvsegError as err:
+            r.status, r.reason = "failed", f"render: {err.reason}"
+
+
 def run(
     inputs: list[str] = typer.Argument(..., help="Video files, folders (searched recursively) or @list.txt files."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one subfolder of masks per video."),
@@ -57,6 +73,7 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that already have a finished output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no table."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+    render: bool = typer.Option(False, "--render", help="Also draw each finished video's masks over it: DIR/<stem>/overlay.mp4 (as avseg render)."),
 ) -> None:
     """Segment the sounding objects of every sampled frame; resumable (finished videos are skipped)."""
     from avsegcli.errors import AvsegError
@@ -82,6 +99,8 @@ def run(
         with Progress(*columns, console=console, transient=False) as progress:
             results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers,
                                  fps=fps or None, progress=_RichProgress(progress, len(paths)))
+    if render:
+        _render_all(results, out, console, quiet or as_json)
     seconds = time.perf_counter() - t0
     frames = sum(r.frames for r in results)
     summary_path = write_summary(results, out, {"model": predictor.model_info(), "seconds": round(seconds, 3),
