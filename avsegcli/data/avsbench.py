@@ -152,7 +152,23 @@ def load_binary_mask(path: Path, size: int, mode: str = "1") -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------- datasets
 
 
-class AVSBenchObject(Dataset):
+class ClipDataset(Dataset):
+    """What every AVSBench reader shares: a list of :class:`ClipInfo` in ``self.clips``."""
+
+    clips: list[ClipInfo]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def clip_info(self, index: int) -> ClipInfo:
+        return self.clips[index]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.clips]
+
+
+class AVSBenchObject(ClipDataset):
     """Base of ``S4Dataset`` / ``MS3Dataset``: 5 frames per clip, binary masks.
 
     Item (a dict):
@@ -186,16 +202,6 @@ class AVSBenchObject(Dataset):
 
     def _scan(self) -> list[ClipInfo]:
         raise NotImplementedError
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def clip_info(self, index: int) -> ClipInfo:
-        return self.clips[index]
-
-    @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.clips]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         c = self.clips[index]

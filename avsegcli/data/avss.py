@@ -19,11 +19,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
 from avsegcli.data.avsbench import (
-    ClipInfo, check_files_exist, check_split, normalise, read_meta_csv, require_rows,
+    ClipDataset, ClipInfo, check_files_exist, check_split, normalise, read_meta_csv, require_rows,
 )
 from avsegcli.errors import AvsegError
 from avsegcli.palette import NUM_AVSS_CLASSES, colours_to_classes, voc_palette
@@ -67,7 +66,7 @@ def _default_log_mel(path: Path) -> Any:
     return media.vggish_examples(path)
 
 
-class AVSSDataset(Dataset):
+class AVSSDataset(ClipDataset):
     """AVSBench-semantic clips, padded to 10 frames.
 
     Item (a dict):
@@ -125,16 +124,6 @@ class AVSSDataset(Dataset):
                 mask_paths=[d / "labels_rgb" / f"{i}.png" if i < n_labels else None for i in range(n)],
                 audio_path=d / "audio.wav"))
         return clips
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def clip_info(self, index: int) -> ClipInfo:
-        return self.clips[index]
-
-    @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.clips]
 
     @property
     def class_names(self) -> list[str]:
