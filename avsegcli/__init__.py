@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_model", "load_model", "PRESETS"]
+__all__ = ["__version__", "build_model", "load_model", "PRESETS", "Predictor"]
 
 if TYPE_CHECKING:
     from avsegcli.build import PRESETS, build_model
+    from avsegcli.predictor import Predictor
     from avsegcli.weights import load_model
 
 
