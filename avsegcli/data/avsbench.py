@@ -295,6 +295,15 @@ def save_binary_prediction(masks: torch.Tensor, pred_root: str | Path, name: str
     return paths
 
 
+def open_resized_nearest(path: Path, mode: str, size: int | None) -> Image.Image:
+    """A saved prediction PNG converted to ``mode``, nearest-resized to ``size`` x ``size`` when given."""
+    with Image.open(path) as im:
+        img = im.convert(mode)
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.NEAREST)
+    return img
+
+
 def load_binary_prediction(pred_root: str | Path, name: str, num_frames: int = 5, category: str | None = None,
                            size: int | None = None) -> torch.Tensor:
     """Read saved masks -> ``[T,H,W]`` uint8 0/1 (resized nearest to ``size`` when given)."""
@@ -302,9 +311,6 @@ def load_binary_prediction(pred_root: str | Path, name: str, num_frames: int = 5
     check_files_exist(paths, "predicted mask", Path(pred_root))
     out = []
     for p in paths:
-        with Image.open(p) as im:
-            img = im.convert("L")
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.NEAREST)
+        img = open_resized_nearest(p, "L", size)
         out.append(torch.from_numpy((np.asarray(img) >= 128).astype(np.uint8)))
     return torch.stack(out)

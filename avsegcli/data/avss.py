@@ -22,7 +22,8 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from avsegcli.data.avsbench import (
-    ClipDataset, ClipInfo, check_files_exist, check_split, normalise, read_meta_csv, require_rows,
+    ClipDataset, ClipInfo, check_files_exist, check_split, normalise, open_resized_nearest, read_meta_csv,
+    require_rows,
 )
 from avsegcli.errors import AvsegError
 from avsegcli.palette import NUM_AVSS_CLASSES, colours_to_classes, voc_palette
@@ -228,9 +229,5 @@ def load_semantic_prediction(pred_root: str | Path, name: str, num_frames: int =
     check_files_exist(paths, "predicted mask", Path(pred_root))
     out = []
     for p in paths:
-        with Image.open(p) as im:
-            img = im.convert("RGB")
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.NEAREST)
-        out.append(colour_mask_to_ids(img, num_classes))
+        out.append(colour_mask_to_ids(open_resized_nearest(p, "RGB", size), num_classes))
     return torch.stack(out)
