@@ -95,14 +95,14 @@ def synth() -> Config:
         "name": "synth",
         "task": "s4",
         "frames_per_clip": 5,
-        "image_size": 128,
+        "image_size": 96,
         "frame_resize_via": None,
         "backbone": {"kind": "pvt_v2", "embed_dims": [32, 64, 160, 256], "depths": [2, 2, 2, 2], "num_heads": [1, 2, 5, 8],
                      "mlp_ratios": [8, 8, 4, 4], "sr_ratios": [8, 4, 2, 1], "drop_path_rate": 0.0},
         "vggish": {"channels": [16, 32, 64, 64], "hidden_dim": 256, "embed_dim": 128},
         "head": {"dim": 128, "num_classes": 1, "num_queries": 32, "query_layers": 2, "query_ffn_dim": 256,
                  "encoder_layers": 2, "decoder_layers": 3, "ffn_dim": 256, "mlp_dim": 256, "num_heads": 8,
-                 "num_points": 4, "dropout": 0.0},
+                 "num_points": 4, "dropout": 0.0, "mask_widths": [32, 16]},
     }
 
 
@@ -165,6 +165,7 @@ def build_head(cfg: Config, in_channels: tuple[int, ...]) -> AVSegHead:
         query_generator=generator,
         mixer=CrossModalMixer(dim=dim, num_heads=heads),
         positional_encoding=SinePositionalEncoding(num_feats=dim // 2),
+        mask_widths=tuple(cfg.get("mask_widths", (128, 32))),
     )
 
 

@@ -15,6 +15,7 @@ folder: ``config.json``, ``last.safetensors``, ``best.safetensors`` (best valida
 from __future__ import annotations
 
 import gc
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -96,6 +97,17 @@ def prepare(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any], bool]:
         raise AvsegError("dataset root not found (expected the AVSBench folder)", path=cfg.data)
     assert mcfg is not None
     return cfg, mcfg, bool(config.resume)
+
+
+def lr_at(step: int, total: int, lr: float, schedule: str, warmup: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of ``total`` (all epochs): linear warm-up over
+    ``warmup`` steps, then ``lr`` (constant) or a half cosine from ``lr`` to 0 at ``total`` (cosine). A function
+    of the step alone, so resuming needs no scheduler state, and ``--max-steps`` (a stop) leaves it unchanged."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "cosine" and total > warmup:
+        return 0.5 * lr * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
+    return lr
 
 
 def _checkpoint_step(path: Path) -> int:
@@ -213,6 +225,7 @@ class _Trainer:
         total = int(cfg.epochs or 0) * self.steps_per_epoch
         if cfg.max_steps:
             total = min(total, int(cfg.max_steps))
+        self.schedule_steps = int(cfg.epochs or 0) * self.steps_per_epoch  # --max-steps stops; it does not reshape the lr
         if self.progress:
             for w in self.warnings:
                 self.progress.message(f"warning: {w}")
@@ -271,6 +284,9 @@ class _Trainer:
         terms = self.criterion(out, b["masks"], supervised, denom)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["total"]).backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.schedule_steps, float(cfg.lr or 0), str(cfg.lr_schedule or "constant"),
+                                int(cfg.warmup_steps or 0))
         grad_norm = None
         if cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import avsegcli
+from avsegcli.errors import CheckpointError
 from avsegcli.maskio import read_masks_dir
 from avsegcli.runner import collect_inputs, output_stems
 from avsegcli.weights import save_checkpoint
@@ -135,14 +136,14 @@ def test_inputs_list_and_usage_errors(videos, tiny_ckpt, tmp_path):
     assert (tmp_path / "o2" / "good1" / "meta.json").is_file()
 
 
-def test_no_weights_names_where_to_put_them(videos, tmp_path):
-    from avsegcli.predictor import REPO_WEIGHTS, DEFAULT_WEIGHTS_NAME
+def test_no_weights_names_where_to_put_them(monkeypatch, tmp_path):
+    """Without --weights and without the bundled file, the error says where to put a checkpoint."""
+    import avsegcli.predictor as predictor
 
-    if (REPO_WEIGHTS / DEFAULT_WEIGHTS_NAME).is_file():
-        pytest.skip("the bundled default model exists")
-    proc = run_cli("run", videos / "good1.mp4", "--out", tmp_path / "o")
-    assert proc.returncode == 2
-    assert "weights" in proc.stderr and "AVSegFormer_res50_s4.pth" in proc.stderr
+    monkeypatch.setattr(predictor, "REPO_WEIGHTS", tmp_path / "weights")
+    with pytest.raises(CheckpointError) as err:
+        predictor.Predictor(None, device="cpu")
+    assert "no --weights given" in str(err.value) and "AVSegFormer_res50_s4.pth" in str(err.value)
 
 
 def test_run_with_render(videos, tiny_ckpt, tmp_path):

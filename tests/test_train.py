@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 
 from avsegcli.build import build_model, preset
 from avsegcli.data import write_fake_avsbench
-from avsegcli.engine import train
+from avsegcli.engine import lr_at, train
 from avsegcli.errors import AvsegError, CheckpointError
 from avsegcli.losses import SegmentationLoss, dice_per_frame, loss_weights
 from avsegcli.train import TrainConfig
@@ -231,13 +232,25 @@ def test_aux_option_picks_logged_terms(aux, extra, data_root, tmp_path):
     assert {"step", "epoch", "lr", "total", "seconds"} <= set(rec)
 
 
+def test_lr_schedule_values():
+    assert [lr_at(s, 10, 1.0, "constant", 0) for s in (0, 9)] == [1.0, 1.0]
+    assert [lr_at(s, 10, 1.0, "constant", 4) for s in (0, 3, 4)] == [0.25, 1.0, 1.0]
+    cos = [lr_at(s, 12, 2.0, "cosine", 2) for s in range(12)]
+    assert cos[:3] == [1.0, 2.0, 2.0] and cos[7] == pytest.approx(1.0)  # halfway through the 10 decaying steps
+    assert all(a > b for a, b in zip(cos[2:], cos[3:])) and cos[-1] == pytest.approx(2.0 * (1 + math.cos(math.pi * 0.9)) / 2)
+    with pytest.raises(AvsegError, match="--lr-schedule"):
+        train(TrainConfig(task="s4", data=".", lr_schedule="linear"))
+
+
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
 def test_resume_is_bit_identical(s4_six, tmp_path):
-    """10 steps, stop, resume to 20 == 20 steps straight (dropout and drop path on, backbone unfrozen at step 12)."""
-    kw = dict(freeze_epochs=4, val_every=3, model_overrides={"head": {"dropout": 0.1}, "backbone": {"drop_path_rate": 0.1}})
+    """10 steps, stop, resume to 20 == 20 steps straight (dropout and drop path on, backbone unfrozen at step 12,
+    cosine learning rate with warm-up)."""
+    kw = dict(freeze_epochs=4, val_every=3, lr_schedule="cosine", warmup_steps=3, epochs=8,
+              model_overrides={"head": {"dropout": 0.1}, "backbone": {"drop_path_rate": 0.1}})
     straight = train(tiny_config("s4", s4_six, tmp_path / "a", max_steps=20, **kw))
     first = train(tiny_config("s4", s4_six, tmp_path / "b", max_steps=10, **kw))
     assert first.step == 10
@@ -252,6 +265,9 @@ def test_resume_is_bit_identical(s4_six, tmp_path):
     la = [{k: v for k, v in r.items() if "seconds" not in k} for r in read_log(tmp_path / "a", None)]
     lb = [{k: v for k, v in r.items() if "seconds" not in k} for r in read_log(tmp_path / "b", None)]
     assert la == lb
+    lrs = {r["step"]: r["lr"] for r in la if r["type"] == "train"}  # 8 epochs x 3 steps: cosine over 24 steps
+    assert lrs[1] == pytest.approx(1e-3 / 3) and lrs[3] == pytest.approx(1e-3)
+    assert lrs[20] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 16 / 21)))
     with pytest.raises(AvsegError, match="--lr 0.5 differs"):
         train(TrainConfig(resume=str(tmp_path / "b"), lr=0.5))
 

@@ -72,7 +72,9 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: released (S4 30, MS3 60, AVSS 30)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Clips per step over all processes. Default: released (S4/MS3 2, AVSS 4)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw (released, default) or sgd (momentum 0.9)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (constant, as released). Default 2e-5."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate. Default 2e-5 (released)."),
+    lr_schedule: Optional[str] = typer.Option(None, "--lr-schedule", help="constant (released, default) or cosine (to 0 at the end of --epochs; --max-steps only stops early)."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear learning-rate warm-up over N steps. Default 0 (released)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay. Default 0.01 (torch's AdamW default, as released)."),
     freeze_epochs: Optional[int] = typer.Option(None, "--freeze-epochs", help="Epochs with the visual backbone frozen. Default: released (S4 5, MS3 10, AVSS 0)."),
     loss: Optional[str] = typer.Option(None, "--loss", help="S4/MS3: dice (released) or bce; AVSS: ce."),
@@ -104,7 +106,7 @@ def train(
 
     config = TrainConfig(
         task=task, data=_path(data), out=_path(out), preset=preset, image_size=image_size, epochs=epochs,
-        batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay, freeze_epochs=freeze_epochs, loss=loss, aux=aux,
+        batch_size=batch_size, optimizer=optimizer, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps, weight_decay=weight_decay, freeze_epochs=freeze_epochs, loss=loss, aux=aux,
         mix_weight=mix_weight, inter_weight=inter_weight, precision=precision, grad_clip=grad_clip, seed=seed,
         val_every=val_every, val_start=val_start, val_batch=val_batch, max_steps=max_steps, log_every=log_every,
         num_workers=workers, device=device, backbone_weights=_path(backbone_weights),

@@ -58,14 +58,16 @@ class SimpleFPN(nn.Module):
         return self.up3(x)
 
 
-def _mask_convs(dim: int, num_classes: int, scale_factor: int) -> nn.Sequential:
-    """Output convolutions: 3x3 to 128, bilinear upsampling, 3x3 to 32, ReLU, 1x1 to the classes."""
+def _mask_convs(dim: int, num_classes: int, scale_factor: int, widths: Sequence[int]) -> nn.Sequential:
+    """Output convolutions: 3x3 to ``widths[0]`` (128 released), bilinear upsampling, 3x3 to ``widths[1]``
+    (32 released), ReLU, 1x1 to the classes."""
+    a, b = widths
     return nn.Sequential(
-        nn.Conv2d(dim, 128, 3, padding=1),
+        nn.Conv2d(dim, a, 3, padding=1),
         Interpolate(scale_factor=scale_factor),
-        nn.Conv2d(128, 32, 3, padding=1),
+        nn.Conv2d(a, b, 3, padding=1),
         nn.ReLU(True),
-        nn.Conv2d(32, num_classes, 1, bias=False),
+        nn.Conv2d(b, num_classes, 1, bias=False),
     )
 
 
@@ -85,6 +87,7 @@ class AVSegHead(nn.Module):
         mixer: CrossModalMixer,
         positional_encoding: SinePositionalEncoding,
         scale_factor: int = 4,
+        mask_widths: Sequence[int] = (128, 32),
     ) -> None:
         super().__init__()
         self.num_levels = len(in_channels) - 1
@@ -99,8 +102,8 @@ class AVSegHead(nn.Module):
         self.lateral_conv = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.GroupNorm(32, dim))
         self.out_conv = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GroupNorm(32, dim), nn.ReLU(True))
         self.fpn = SimpleFPN(dim=dim)
-        self.attn_fc = _mask_convs(dim, num_classes, scale_factor)
-        self.fc = _mask_convs(dim, num_classes, scale_factor)
+        self.attn_fc = _mask_convs(dim, num_classes, scale_factor, mask_widths)
+        self.fc = _mask_convs(dim, num_classes, scale_factor, mask_widths)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

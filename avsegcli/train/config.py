@@ -36,8 +36,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw", "lr": 2e-5, "weight_decay": 0.01, "aux": "both", "mix_weight": 0.1, "inter_weight": 1.0, "precision": "fp32",
     "grad_clip": 0.0, "seed": 123, "num_workers": 4, "device": "auto", "train_vggish": False,
-    "train_masks": "first",
+    "train_masks": "first", "lr_schedule": "constant", "warmup_steps": 0,
 }
+LR_SCHEDULES = ("constant", "cosine")
 # may differ from the run being resumed (they change how/how long it runs, not what the run is)
 RESUME_OVERRIDABLE = ("data", "epochs", "max_steps", "log_every", "num_workers", "device", "precision",
                       "val_every", "val_start", "val_batch")
@@ -63,6 +64,8 @@ class TrainConfig:
     batch_size: int | None = None  # clips per optimiser step over all processes
     optimizer: str | None = None  # adamw (released) or sgd (momentum 0.9; experiments and exactness checks)
     lr: float | None = None
+    lr_schedule: str | None = None  # constant (released) or cosine (to 0 at the end of --epochs)
+    warmup_steps: int | None = None  # linear warm-up from 0 over this many steps (0 = none, released)
     weight_decay: float | None = None
     freeze_epochs: int | None = None
     loss: str | None = None
@@ -119,13 +122,15 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise AvsegError(f"--loss {out.loss} does not fit task {task}; use {' or '.join(LOSS_TYPES[task])}")
     if out.train_masks not in ("first", "all"):
         raise AvsegError(f"--train-masks must be first or all, got {out.train_masks!r}")
+    if out.lr_schedule not in LR_SCHEDULES:
+        raise AvsegError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {out.lr_schedule!r}")
     if out.optimizer not in OPTIMIZERS:
         raise AvsegError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {out.optimizer!r}")
     if out.precision not in PRECISIONS:
         raise AvsegError(f"--precision must be one of {', '.join(PRECISIONS)}, got {out.precision!r}")
     for name in ("epochs", "batch_size", "lr", "log_every", "val_batch"):
         _positive(name, getattr(out, name))
-    for name in ("weight_decay", "freeze_epochs", "mix_weight", "inter_weight", "grad_clip", "val_every",
+    for name in ("weight_decay", "warmup_steps", "freeze_epochs", "mix_weight", "inter_weight", "grad_clip", "val_every",
                  "val_start", "num_workers"):
         _positive(name, getattr(out, name), allow_zero=True)
     _positive("max_steps", out.max_steps)
