@@ -239,13 +239,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> AVSegFor
     return model.to(device)
 
 
-def save_checkpoint(model: AVSegFormer, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write our format (safetensors + config) atomically: a temporary name, then a rename."""
+def save_checkpoint(model: AVSegFormer, path: str | Path, extra_metadata: dict[str, str] | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write our format (safetensors + config) atomically: a temporary name, then a rename. ``dtype`` (e.g.
+    ``torch.float16``) stores the floating-point tensors in that type; loading casts them back to float32."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     meta = {FORMAT_KEY: FORMAT_VERSION, CONFIG_KEY: json.dumps(model.config, sort_keys=True), **(extra_metadata or {})}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)

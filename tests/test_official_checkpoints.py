@@ -133,3 +133,18 @@ def test_convert_to_our_format_gives_identical_outputs(layouts, tmp_path):
     x, a = torch.randn(2, 3, 64, 64), torch.randn(2, 1, 96, 64)
     with torch.no_grad():
         torch.testing.assert_close(official(x, a)["pred_masks"], ours(x, a)["pred_masks"], rtol=0, atol=0)
+
+
+def test_convert_half_stores_float16_and_loads_float32(tmp_path):
+    from avsegcli.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    model = avsegcli.build_model("tiny")
+    src, dst = save_checkpoint(model, tmp_path / "tiny.safetensors"), tmp_path / "tiny-half.safetensors"
+    proc = run_cli("weights", "convert", src, dst, "--half")
+    assert proc.returncode == 0, proc.stderr
+    assert 0.45 < dst.stat().st_size / src.stat().st_size < 0.55
+    half = avsegcli.load_model(dst)
+    for (name, p), q in zip(model.state_dict().items(), half.state_dict().values()):
+        assert q.dtype == p.dtype, name
+        assert torch.equal(q, p.to(torch.float16).to(p.dtype) if p.is_floating_point() else p), name

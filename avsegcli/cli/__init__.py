@@ -34,12 +34,13 @@ def _root(
 
 
 def _register() -> None:
-    from avsegcli.cli import eval_cmd, render_cmd, run_cmd, synth_cmd, train_cmd, weights_cmd
+    from avsegcli.cli import eval_cmd, pretrain_cmd, render_cmd, run_cmd, synth_cmd, train_cmd, weights_cmd
 
     app.command("run")(run_cmd.run)
     app.command("eval")(eval_cmd.evaluate)
     app.command("render")(render_cmd.render)
     app.command("synth")(synth_cmd.synth)
+    app.command("pretrain-audio")(pretrain_cmd.pretrain_audio)
     app.command("train")(train_cmd.train)
     app.add_typer(weights_cmd.app, name="weights")
 

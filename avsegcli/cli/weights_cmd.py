@@ -45,13 +45,17 @@ def info(
 
 @app.command("convert")
 def convert(
-    src: Path = typer.Argument(..., help="The authors' .pth checkpoint."),
+    src: Path = typer.Argument(..., help="The authors' .pth checkpoint (or one of ours)."),
     dst: Path = typer.Argument(..., help="Output .safetensors file (our format, config inside)."),
+    half: bool = typer.Option(False, "--half", help="Store the values as float16 (half the size; loaded back as float32)."),
 ) -> None:
     """Convert a checkpoint to our safetensors format (a strict load first: every key accounted for)."""
     from avsegcli.weights import read_checkpoint, save_checkpoint, sha256sum
 
     model, report = read_checkpoint(src)
-    save_checkpoint(model, dst, extra_metadata={"converted_from": src.name, "source_format": report.source_format})
+    import torch
+
+    save_checkpoint(model, dst, extra_metadata={"converted_from": src.name, "source_format": report.source_format},
+                    dtype=torch.float16 if half else None)
     Console().print(f"wrote {dst} (preset {report.config['name']}, {report.values_loaded / 1e6:.1f} M values, "
                     f"{len(report.unused)} unused tensors dropped, sha256 {sha256sum(dst)[:16]})")
