@@ -1,13 +1,13 @@
 """Does the model listen? The bundled default on a held-out synthetic S4 test split, with the true audio, with
 another clip's audio, and with silence.
 
-    .venv/bin/avseg synth --task s4 --out /tmp/synth-test --splits test --split-videos test=100 --seed 0
+    .venv/bin/avseg synth --task s4 --out /tmp/synth-test --splits test --split-videos test=200 --seed 1 --no-mp4
     .venv/bin/python benchmarks/bench_synth_audio.py /tmp/synth-test [--weights weights/avseg-synth-s4.safetensors]
 
 Prints the official S4 mIoU / F-score (test batches of 2 clips) for the true audio and for audio taken from the
 next clip of the split (a derangement: every clip hears another clip), and the mean predicted sounding area
 (fraction of pixels with sigmoid > 0.5) when every second is silent. The held-out split's seed is never used
-for training (split seeds differ by split name; see avsegcli/synth).
+for training (the bundled model's data is --seed 0; split seeds also differ by split name; see avsegcli/synth).
 """
 
 from __future__ import annotations
