@@ -21,15 +21,11 @@ import torch
 from torch import nn
 
 from avsegcli.build import preset as get_preset
-from avsegcli.data.avsbench import load_log_mel_pickle
+from avsegcli.data.avsbench import S4Dataset, load_log_mel_pickle
 from avsegcli.errors import AvsegError
 from avsegcli.modeling.vggish import VGGish
 
 Progress = Callable[[int, int, float], None]
-
-
-def _s4_log_mel_path(root: Path, split: str, clip: dict[str, Any]) -> Path:
-    return root / "Single-source" / "s4_data" / "audio_log_mel" / split / clip["source"] / f"{clip['name']}.pkl"
 
 
 def load_labelled_patches(root: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -44,9 +40,11 @@ def load_labelled_patches(root: str | Path, split: str) -> tuple[torch.Tensor, t
     clips = [c for c in meta["clips"] if c["split"] == split]
     if not clips:
         raise AvsegError(f"has no {split} clips", path=manifest)
+    reader = S4Dataset(root, split)  # the benchmark's file layout, as every other reader sees it
+    audio_paths = {reader.clip_info(i).name: reader.clip_info(i).audio_path for i in range(len(reader))}
     mels, targets = [], []
     for clip in clips:
-        mel = load_log_mel_pickle(_s4_log_mel_path(root, split, clip), clip["seconds"])  # [T, 1, 96, 64]
+        mel = load_log_mel_pickle(audio_paths[clip["name"]], clip["seconds"])  # [T, 1, 96, 64]
         target = torch.zeros(clip["seconds"], len(names))
         for t, sounding in enumerate(clip["sounding"]):
             for name in sounding:
@@ -80,7 +78,6 @@ def pretrain_audio(data: str | Path, out: str | Path, *, preset: str = "synth", 
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    loss = torch.zeros(())
     for step in range(steps):
         idx = torch.randint(len(mels), (batch_size,), generator=gen)
         for group in optimizer.param_groups:  # cosine to 0
