@@ -6,6 +6,8 @@ Layout of one video's folder ``DIR/<stem>/``::
                      binary: 8-bit grey 0/255; semantic: palette PNG, pixel value = class id (AVSS colours)
     masks.npz        instead of PNGs (--format npz): masks [N,H,W] uint8 (0/1 or class ids),
                      frame_indices [N] int64, timestamps [N] float64, and probs with --save-probs
+    masks.json       instead (--format rle): COCO compressed RLE per frame and class, YouTube-VIS-like
+                     (see avsegcli.maskrle); --format all writes the PNGs, masks.npz and masks.json
     meta.json        written last: source, size, fps, model, per-frame records (see VideoMaskWriter.finish)
 
 A folder is built under ``DIR/.<stem>.partial`` and renamed to ``DIR/<stem>`` once complete, so a folder with a
@@ -29,6 +31,8 @@ from avsegcli.palette import voc_palette
 
 META = "meta.json"
 NPZ = "masks.npz"
+#: mask formats of ``avseg run --format``: all = png + npz + rle
+FORMATS = ("png", "npz", "rle", "all")
 
 
 def mask_filename(frame_index: int) -> str:
@@ -59,8 +63,8 @@ class VideoMaskWriter:
     """Collects one video's masks in a ``.partial`` folder and publishes it with :meth:`finish`."""
 
     def __init__(self, out_root: str | Path, stem: str, *, fmt: str = "png", semantic: bool = False, save_probs: bool = False) -> None:
-        if fmt not in ("png", "npz"):
-            raise AvsegError(f"unknown mask format {fmt!r} (png or npz)")
+        if fmt not in FORMATS:
+            raise AvsegError(f"unknown mask format {fmt!r} ({', '.join(FORMATS)})")
         self.final = Path(out_root) / stem
         self.partial = Path(out_root) / f".{stem}.partial"
         self.fmt, self.semantic, self.save_probs = fmt, semantic, save_probs
@@ -70,26 +74,31 @@ class VideoMaskWriter:
         self.records: list[dict[str, Any]] = []
         self._masks: list[np.ndarray] = []
         self._probs: list[np.ndarray] = []
+        self._segments: list[list[dict[str, Any]]] = []  # --format rle/all: COCO RLE segments per frame
 
     def add(self, *, frame_index: int, timestamp: float, chunk: int, mask: np.ndarray, probs: np.ndarray | None = None) -> None:
         """``mask``: ``[H, W]`` uint8 at the source size; ``probs``: optional float array for --save-probs."""
         classes = sorted(int(c) for c in np.unique(mask) if c != 0)
         rec: dict[str, Any] = {"frame_index": int(frame_index), "timestamp": round(float(timestamp), 6), "chunk": int(chunk),
                                "sounding_area": round(float((mask > 0).mean()), 6), "classes": classes}
-        if self.fmt == "png":
+        if self.fmt in ("png", "all"):
             rec["file"] = mask_filename(frame_index)
             save_mask_png(self.partial / rec["file"], mask, self.semantic)
-        else:
+        if self.fmt in ("npz", "all"):
             self._masks.append(mask.astype(np.uint8))
             if self.save_probs and probs is not None:
                 self._probs.append(probs.astype(np.float16))
+        if self.fmt in ("rle", "all"):
+            from avsegcli.maskrle import encode_segments
+
+            self._segments.append(encode_segments(mask, self.semantic))
         self.records.append(rec)
 
     def finish(self, meta: dict[str, Any]) -> Path:
         """Write the npz (if any) and ``meta.json`` last, then rename the folder into place."""
         order = np.argsort([r["frame_index"] for r in self.records], kind="stable")
         self.records = [self.records[i] for i in order]
-        if self.fmt == "npz":
+        if self.fmt in ("npz", "all"):
             arrays = {
                 "masks": np.stack(self._masks)[order] if self._masks else np.zeros((0, 0, 0), np.uint8),
                 "frame_indices": np.array([r["frame_index"] for r in self.records], dtype=np.int64),
@@ -98,6 +107,12 @@ class VideoMaskWriter:
             if self._probs:
                 arrays["probs"] = np.stack(self._probs)[order]
             np.savez_compressed(self.partial / NPZ, **arrays)
+        if self.fmt in ("rle", "all"):
+            from avsegcli.maskrle import RLE_FILE, rle_document, write_rle
+
+            frames = [{k: r[k] for k in ("frame_index", "timestamp", "chunk")} | {"segments": self._segments[i]}
+                      for r, i in zip(self.records, order)]
+            write_rle(self.partial / RLE_FILE, rle_document(meta, frames, self.semantic))
         full = {**meta, "format": self.fmt, "semantic": self.semantic, "num_frames": len(self.records), "frames": self.records}
         tmp = self.partial / (META + ".tmp")
         tmp.write_text(json.dumps(full, indent=1))
@@ -127,7 +142,7 @@ class MaskSet:
 
 
 def read_masks_dir(folder: str | Path) -> MaskSet:
-    """Read a folder written by :class:`VideoMaskWriter` (png or npz). Raises AvsegError with a one-line reason."""
+    """Read a folder written by :class:`VideoMaskWriter` (png, npz, rle; all is read from its PNGs). Raises AvsegError with a one-line reason."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AvsegError("no such mask folder", path=folder)
@@ -140,6 +155,11 @@ def read_masks_dir(folder: str | Path) -> MaskSet:
         raise AvsegError(f"unreadable meta.json ({exc})", path=meta_path) from None
     semantic = bool(meta.get("semantic"))
     frames = meta.get("frames", [])
+    if meta.get("format") == "rle":
+        from avsegcli.maskrle import RLE_FILE, read_rle
+
+        masks, idx, ts, _ = read_rle(folder / RLE_FILE, semantic)
+        return MaskSet(masks if len(idx) else np.zeros((0, 0, 0), np.uint8), idx, ts, semantic, meta)
     if meta.get("format") == "npz":
         try:
             with np.load(folder / NPZ) as data:

@@ -14,7 +14,7 @@ app = typer.Typer(
     name="avseg",
     help="Find and segment the objects that make sound in a video (AVSegFormer).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # avseg --install-completion / --show-completion (bash, zsh, fish, powershell)
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -48,7 +48,13 @@ def _register() -> None:
 def main() -> None:
     _register()
     try:
-        app()
+        app(prog_name="avseg")  # the same name (and completion variable) under `python -m avsegcli`
     except AvsegError as err:
         err_console.print(f"error: {err}", markup=False)
+        from avsegcli.cli.common import is_verbose
+
+        if is_verbose():  # -v: the chain of causes and where it was raised
+            import traceback
+
+            err_console.print("".join(traceback.format_exception(err)).rstrip(), markup=False)
         sys.exit(err.exit_code)

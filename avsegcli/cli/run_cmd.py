@@ -68,8 +68,8 @@ def run(
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Frames per forward pass, across videos."),
     workers: int = typer.Option(1, "--workers", help="Decode processes (0 = decode in the main process)."),
     glob: Optional[str] = typer.Option(None, "--glob", help="File pattern inside folders (default: common video extensions)."),
-    fmt: str = typer.Option("png", "--format", help="png (one image per frame) or npz (one array per video)."),
-    save_probs: bool = typer.Option(False, "--save-probs", help="With --format npz: also store probabilities."),
+    fmt: str = typer.Option("png", "--format", help="png (one image per frame), npz (one array per video), rle (masks.json: COCO RLE, YouTube-VIS-like) or all."),
+    save_probs: bool = typer.Option(False, "--save-probs", help="With --format npz (or all): also store probabilities."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that already have a finished output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no table."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
@@ -77,13 +77,14 @@ def run(
 ) -> None:
     """Segment the sounding objects of every sampled frame; resumable (finished videos are skipped)."""
     from avsegcli.errors import AvsegError
+    from avsegcli.maskio import FORMATS
     from avsegcli.predictor import Predictor
     from avsegcli.runner import collect_inputs, run_videos, write_summary
 
-    if fmt not in ("png", "npz"):
-        raise AvsegError(f"--format must be png or npz, not {fmt!r}")
-    if save_probs and fmt != "npz":
-        raise AvsegError("--save-probs needs --format npz")
+    if fmt not in FORMATS:
+        raise AvsegError(f"--format must be png, npz, rle or all, not {fmt!r}")
+    if save_probs and fmt not in ("npz", "all"):
+        raise AvsegError("--save-probs needs --format npz (or all)")
     if fps < 0:
         raise AvsegError("--fps must be positive (or 0 for every frame)")
     paths = collect_inputs(inputs, glob)

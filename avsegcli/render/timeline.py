@@ -2,8 +2,8 @@
 
 Masks are read lazily: a PNG folder keeps only its file list in memory and each mask is decoded when first
 shown (a held mask is decoded once), so rendering an hour of 1080p at 1 mask/s does not hold 3600 masks.
-An npz folder is read whole by :func:`avsegcli.maskio.read_masks_dir` (``np.load`` cannot slice a
-compressed array).
+An npz or rle (``masks.json``) folder is read whole by :func:`avsegcli.maskio.read_masks_dir` (``np.load``
+cannot slice a compressed array).
 
 Hold rules, for a source frame shown at ``t`` seconds:
 
@@ -81,7 +81,7 @@ def open_masks(folder: str | Path) -> MaskTrack:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise AvsegError(f"unreadable meta.json ({exc})", path=meta_path) from None
-    if meta.get("format") == "npz":
+    if meta.get("format") in ("npz", "rle"):  # read whole (npz cannot be sliced; rle decodes fast)
         ms = read_masks_dir(folder)
         size = tuple(int(s) for s in ms.masks.shape[1:]) if ms.masks.ndim == 3 else (0, 0)
         return MaskTrack(folder, ms.frame_indices.astype(np.int64), ms.timestamps.astype(np.float64),

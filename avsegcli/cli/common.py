@@ -1,0 +1,56 @@
+"""Options every ``avseg`` command shares: one definition of ``-v/--verbose`` and ``-q/--quiet``.
+
+Use them as parameter annotations so that every command spells and documents them the same way::
+
+    from avsegcli.cli.common import Quiet, Verbose, set_verbosity
+
+    def cmd(..., verbose: Verbose = False, quiet: Quiet = False) -> None:
+        set_verbosity(verbose, quiet)
+
+Meaning, on every command:
+
+* ``--quiet``: no progress display and no result table or summary line; errors and warnings still go to stderr
+  (and ``--json`` output still goes to stdout).
+* ``--verbose``: more detail on stderr: what was loaded and decided (model, device, inputs), per-input notes, and
+  on an error the full chain of causes and the traceback after the one-line ``error:`` message.
+
+Giving both is a usage error (exit code 2). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr (model, inputs, decisions; tracebacks on errors).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no table (errors still print).")]
+
+#: the level the current command asked for: -1 quiet, 0 normal, 1 verbose
+_LEVEL = {"level": 0}
+
+
+def set_verbosity(verbose: bool, quiet: bool) -> int:
+    """Record the command's level (read by :func:`is_verbose` and the error handler); both flags -> usage error."""
+    from avsegcli.errors import AvsegError
+
+    if verbose and quiet:
+        raise AvsegError("--verbose and --quiet contradict each other: give one")
+    _LEVEL["level"] = 1 if verbose else (-1 if quiet else 0)
+    return _LEVEL["level"]
+
+
+def is_verbose() -> bool:
+    return _LEVEL["level"] > 0
+
+
+def is_quiet() -> bool:
+    return _LEVEL["level"] < 0
+
+
+def detail(message: str) -> None:
+    """Print ``message`` on stderr when --verbose was given (plain text, no markup)."""
+    if is_verbose():
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False, soft_wrap=True).print(message, markup=False)
