@@ -3,20 +3,23 @@
     from avsegcli import Predictor
     pred = Predictor("AVSegFormer_res50_s4.pth", device="cpu")
     result = pred.predict_video("video.mp4")      # result.masks [N, H, W] uint8, result.timestamps [N] seconds
+    for r in pred.stream("long.mp4"):              # one FrameResult per sampled frame, memory bounded by a batch
+        r.mask, r.timestamp, r.frame_index, r.chunk
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from avsegcli.errors import AvsegError, CheckpointError
+from avsegcli.feed import device_frames, logits_to_masks, to_device
 from avsegcli.weights import RELEASED, load_model, sha256sum
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -63,6 +66,23 @@ class VideoPrediction:
     probs: np.ndarray | None = None  # binary: [N, H, W] sigmoid; semantic: [N, K, S, S] softmax at model size
 
 
+@dataclass
+class FrameResult:
+    """One sampled frame, as :meth:`Predictor.stream` yields it.
+
+    ``mask [H, W]`` uint8 at the source size (0/1, or class ids when semantic), ``timestamp`` seconds,
+    ``frame_index`` (source frame number), ``chunk`` (the audio second it heard: ``floor(timestamp)``),
+    ``probs`` with ``return_probs`` (binary: ``[H, W]`` sigmoid; semantic: ``[K, S, S]`` softmax at model size).
+    """
+
+    mask: np.ndarray
+    timestamp: float
+    frame_index: int
+    chunk: int
+    has_audio: bool
+    probs: np.ndarray | None = None
+
+
 class Predictor:
     """Loads the model once; ``predict_video`` / ``predict_frames`` run it with the checkpoint's preprocessing."""
 
@@ -103,28 +123,23 @@ class Predictor:
 
     @torch.inference_mode()
     def logits(self, frames: torch.Tensor, chunk_log_mel: torch.Tensor, chunk_rows: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``frames [B, 3, S, S]`` normalised, ``chunk_log_mel [C, 1, 96, 64]`` (one patch per distinct audio second),
-        ``chunk_rows [B]`` (frame -> patch row). VGGish runs once per patch. Returns ``[B, K, S, S]`` float32 logits."""
+        """``frames``: normalised float32 ``[B, 3, S, S]``, or the resized uint8 picture ``[B, S, S, 3]`` (normalised on
+        the device, same numbers: :func:`avsegcli.feed.device_frames`); ``chunk_log_mel [C, 1, 96, 64]`` (one patch per
+        distinct audio second), ``chunk_rows [B]`` (frame -> patch row). VGGish runs once per patch. Host tensors
+        should be pinned on CUDA (:func:`avsegcli.feed.stage`). Returns ``[B, K, S, S]`` float32 logits."""
         rows = torch.as_tensor(np.asarray(chunk_rows), dtype=torch.long, device=self.device)
+        x = device_frames(frames, self.device)
+        log_mel = to_device(chunk_log_mel, self.device)
         with self.autocast():
-            emb = self.model.embed_audio(chunk_log_mel.to(self.device, non_blocking=True))
-            out = self.model(frames.to(self.device, non_blocking=True), audio_embedding=emb[rows])
+            emb = self.model.embed_audio(log_mel)
+            out = self.model(x, audio_embedding=emb[rows])
         return out["pred_masks"].float()
 
     def to_masks(self, logits: torch.Tensor, size: tuple[int, int], with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logits ``[B, K, S, S]`` -> masks ``[B, H, W]`` uint8 at the source size (bilinear on the logits, then
-        threshold 0.5 / argmax). For semantic masks only the classes that win somewhere at model size are upsampled."""
-        h, w = size
-        if not self.semantic:
-            up = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-            masks = (up > 0).to(torch.uint8).cpu().numpy()
-            return masks, (up.sigmoid().cpu().numpy() if with_probs else None)
-        out = np.empty((logits.shape[0], h, w), dtype=np.uint8)
-        for i, lg in enumerate(logits):
-            classes = lg.argmax(0).unique()
-            up = F.interpolate(lg[classes][None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            out[i] = classes[up.argmax(0)].to(torch.uint8).cpu().numpy()
-        return out, (logits.softmax(1).cpu().numpy() if with_probs else None)
+        """Logits ``[B, K, S, S]`` -> masks ``[B, H, W]`` uint8 at the source size, on the logits' device with one copy to
+        the host: binary ``bilinear(logits) > 0`` (= sigmoid > 0.5); semantic the argmax over all classes of the
+        bilinearly upsampled logits (class chunks when large). See :func:`avsegcli.feed.logits_to_masks`."""
+        return logits_to_masks(logits, size, semantic=self.semantic, with_probs=with_probs)
 
     def predict_frames(self, frames: torch.Tensor, log_mel: torch.Tensor, size: tuple[int, int] | None = None) -> np.ndarray:
         """Already preprocessed ``frames [N, 3, S, S]`` and per-frame ``log_mel [N, 1, 96, 64]`` -> masks ``[N, H, W]``."""
@@ -135,26 +150,36 @@ class Predictor:
             masks.append(self.to_masks(lg, size)[0])
         return np.concatenate(masks) if masks else np.zeros((0, *size), np.uint8)
 
-    def predict_video(self, path: str | Path, *, fps: float | None = None, return_probs: bool = False) -> VideoPrediction:
-        """Masks of every sampled frame of a video (``fps`` defaults to the predictor's, 1 frame per second)."""
+    def stream(self, path: str | Path, *, fps: float | None = None, return_probs: bool = False,
+               start: float | None = None, end: float | None = None) -> Iterator[FrameResult]:
+        """Yield one :class:`FrameResult` per sampled frame, in time order, as the model produces them.
+
+        Frames are decoded, run and released one batch (``batch_size`` frames) at a time and the audio streams
+        alongside, so memory does not grow with the video's length. ``fps`` defaults to the predictor's;
+        ``start``/``end`` (seconds) keep only the sampled frames with ``start <= t < end`` (same masks as a
+        whole-video run for those frames). Stopping early (``break``) is fine.
+        """
         from avsegcli import media
 
         fps = self.fps if fps is None else fps
-        parts: dict[str, list[np.ndarray]] = {"masks": [], "probs": [], "ts": [], "idx": [], "chunks": []}
-        has_audio = True
-        for batch in media.iter_batches(path, fps=fps, batch_size=self.batch_size, image_size=self.image_size, via=self.via):
+        for batch in media.iter_batches(path, fps=fps, batch_size=self.batch_size, image_size=self.image_size,
+                                        via=self.via, start=start, end=end):
             masks, probs = self.to_masks(self.logits(batch.frames, batch.chunk_log_mel, batch.chunk_rows), batch.raw_size, return_probs)
-            parts["masks"].append(masks)
-            if probs is not None:
-                parts["probs"].append(probs)
-            parts["ts"].append(batch.timestamps)
-            parts["idx"].append(batch.frame_indices)
-            parts["chunks"].append(batch.chunk_indices)
-            has_audio = batch.has_audio
-        if not parts["masks"]:
+            for i in range(len(batch)):
+                yield FrameResult(mask=masks[i], timestamp=float(batch.timestamps[i]), frame_index=int(batch.frame_indices[i]),
+                                  chunk=int(batch.chunk_indices[i]), has_audio=batch.has_audio,
+                                  probs=None if probs is None else probs[i])
+
+    def predict_video(self, path: str | Path, *, fps: float | None = None, return_probs: bool = False,
+                      start: float | None = None, end: float | None = None) -> VideoPrediction:
+        """Masks of every sampled frame of a video (``fps`` defaults to the predictor's, 1 frame per second):
+        :meth:`stream` collected into arrays."""
+        frames = list(self.stream(path, fps=fps, return_probs=return_probs, start=start, end=end))
+        if not frames:
             raise AvsegError("has no frames to predict", path=path)
         return VideoPrediction(
-            masks=np.concatenate(parts["masks"]), timestamps=np.concatenate(parts["ts"]),
-            frame_indices=np.concatenate(parts["idx"]), chunk_indices=np.concatenate(parts["chunks"]),
-            has_audio=has_audio, semantic=self.semantic, probs=np.concatenate(parts["probs"]) if parts["probs"] else None,
+            masks=np.stack([f.mask for f in frames]), timestamps=np.array([f.timestamp for f in frames], dtype=np.float64),
+            frame_indices=np.array([f.frame_index for f in frames], dtype=np.int64),
+            chunk_indices=np.array([f.chunk for f in frames], dtype=np.int64), has_audio=frames[-1].has_audio,
+            semantic=self.semantic, probs=np.stack([f.probs for f in frames]) if return_probs else None,
         )

@@ -25,7 +25,7 @@ import torch
 from avsegcli.errors import MediaError
 from avsegcli.media.audio import iter_seconds, load_audio
 from avsegcli.media.logmel import chunk_patch, log_mel_chunks, silence_patch
-from avsegcli.media.preprocess import preprocess_frames
+from avsegcli.media.preprocess import preprocess_frames, resize_frames
 from avsegcli.media.probe import MediaInfo, probe
 from avsegcli.media.sampling import chunk_indices, sample_times, unique_chunks
 from avsegcli.media.video import VideoSource
@@ -103,13 +103,13 @@ def _video_info(path: str | Path, info: MediaInfo | None) -> MediaInfo:
 
 
 def read_clip(path: str | Path, fps: float | None = 1, image_size: int = 224, via: int | None = None,
-              *, info: MediaInfo | None = None) -> Clip:
+              *, info: MediaInfo | None = None, start: float | None = None, end: float | None = None) -> Clip:
     """Decode a whole video: every sampled frame (``fps`` rule of :func:`sample_times`) plus the
     log-mel patch of its second. Holds all sampled raw frames and the whole 16 kHz waveform at
     once: use :func:`iter_batches` for long videos.
     """
     info = _video_info(path, info)
-    idx, ts = sample_times(info, fps)
+    idx, ts = sample_times(info, fps, start=start, end=end)
     chunks = chunk_indices(ts)
     with VideoSource(path) as src:
         raw = src.get(idx)
@@ -167,17 +167,22 @@ class ChunkStream:
 
 
 def iter_batches(path: str | Path, fps: float | None = 1, batch_size: int = 32, image_size: int = 224,
-                 via: int | None = None, *, info: MediaInfo | None = None) -> Iterator[Batch]:
+                 via: int | None = None, *, info: MediaInfo | None = None, start: float | None = None,
+                 end: float | None = None, normalized: bool = True) -> Iterator[Batch]:
     """Yield :class:`Batch` objects of ``batch_size`` sampled frames (the last may be smaller).
+    ``normalized=False``: ``Batch.frames`` is the resized uint8 picture ``[N, S, S, 3]`` (before normalisation,
+    see :func:`~avsegcli.media.preprocess.resize_frames`) instead of the float32 model input.
 
     Decodes one window of frames at a time (``decord get_batch``) while the audio streams
     through one ffmpeg pipe, so memory does not grow with the video's length. Same frames,
-    timestamps and patches as :func:`read_clip`. Stopping early (``break``) is fine.
+    timestamps and patches as :func:`read_clip`. Stopping early (``break``) is fine. ``start``/``end`` (seconds)
+    keep only the sampled frames with ``start <= t < end``; their chunks stay ``floor(t)`` on the source's
+    timeline (the audio before the window is read through, not transformed).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     info = _video_info(path, info)
-    idx, ts = sample_times(info, fps)
+    idx, ts = sample_times(info, fps, start=start, end=end)
     chunks = chunk_indices(ts)
     if info.has_audio:
         stream = ChunkStream(path, info.audio_streams[0].channels or None)
@@ -186,7 +191,7 @@ def iter_batches(path: str | Path, fps: float | None = 1, batch_size: int = 32, 
     try:
         with VideoSource(path) as src:
             for sl, raw in src.iter_windows(idx, batch_size):
-                frames = preprocess_frames(raw, image_size, via)
+                frames = preprocess_frames(raw, image_size, via) if normalized else resize_frames(raw, image_size, via)
                 del raw
                 ids, rows = unique_chunks(chunks[sl])
                 table = torch.stack([stream.patch(int(k)) for k in ids])

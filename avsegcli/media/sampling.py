@@ -22,6 +22,10 @@ several intervals (repeats are kept so that the output rate is exactly ``r``).
 
 ``fps in (None, 0)`` -- every frame, ``0 .. N-1``.
 
+Time window (``start``/``end`` seconds, ``avseg run --start/--end``): the frames above are chosen on the whole
+video first, then only those with ``start <= t < end`` are kept, so a window keeps exactly the frames (and
+source indices, and chunks) a full run would give for those times.
+
 Chunks: frame ``i`` at time ``t`` uses audio chunk ``floor(t)`` (chunk ``k`` covers
 ``[k s, k+1 s)`` of the timeline; time 0 is the first video frame and the first audio sample).
 """
@@ -68,12 +72,36 @@ def benchmark_indices(num_frames: int, native_fps: float) -> np.ndarray:
     return np.asarray(idx, dtype=np.int64)
 
 
-def sample_times(info, fps: float | None = 1) -> tuple[np.ndarray, np.ndarray]:
+def check_window(start: float | None, end: float | None) -> tuple[float | None, float | None]:
+    """Validate a ``[start, end)`` window in seconds: finite, ``>= 0``, ``start < end``; AvsegError otherwise."""
+    from avsegcli.errors import AvsegError
+
+    for name, v in (("--start", start), ("--end", end)):
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise AvsegError(f"{name} must be a finite number of seconds >= 0, got {v}")
+    if start is not None and end is not None and not start < end:
+        raise AvsegError(f"--start ({start}) must be before --end ({end})")
+    return start, end
+
+
+def in_window(timestamps, start: float | None = None, end: float | None = None) -> np.ndarray:
+    """``[N]`` bool: ``start <= t < end`` (either bound may be None), to 1 us."""
+    t = np.asarray(timestamps, dtype=np.float64)
+    keep = np.ones(t.shape, dtype=bool)
+    if start is not None:
+        keep &= t >= start - _TIME_EPS
+    if end is not None:
+        keep &= t < end - _TIME_EPS
+    return keep
+
+
+def sample_times(info, fps: float | None = 1, *, start: float | None = None,
+                 end: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Frames the sampler takes from a probed video, without decoding anything.
 
     Returns ``(frame_indices [N] int64, timestamps [N] float64 seconds)``, in time order.
     See the module docstring for the exact rules of ``fps`` (1 = benchmark rule, r > 0 =
-    by timestamp, None/0 = every frame).
+    by timestamp, None/0 = every frame). ``start``/``end``: keep only the frames with ``start <= t < end``.
     """
     n, times = _frame_count_and_times(info)
     if n == 0:
@@ -90,6 +118,8 @@ def sample_times(info, fps: float | None = 1) -> tuple[np.ndarray, np.ndarray]:
         targets = (np.arange(intervals, dtype=np.float64) + SAMPLE_POSITION) / r
         idx = np.searchsorted(times, targets + _TIME_EPS, side="right") - 1
         idx = np.clip(idx, 0, n - 1).astype(np.int64)
+    if start is not None or end is not None:
+        idx = idx[in_window(times[idx], start, end)]
     return idx, times[idx]
 
 
