@@ -203,7 +203,8 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
              pred_dir: str | Path | None = None, protocols: Sequence[str] = PROTOCOLS,
              batch_clips: int | None = None, save_pred: str | Path | None = None, progress: Progress | None = None,
              limit: int | None = None, image_size: int | None = None, workers: int = 0,
-             dataset_kw: dict[str, Any] | None = None) -> dict[str, Any]:
+             dataset_kw: dict[str, Any] | None = None, negative_audio: Sequence[str] = (),
+             negative_seed: int = 0) -> dict[str, Any]:
     """Score ``predictor`` (a :class:`~avsegcli.predictor.Predictor`) or the masks in ``pred_dir`` on a split.
 
     ``batch_clips``: clips per metric batch (default 2 for S4/MS3 = the official 10 frames, 4 for AVSS); with a
@@ -211,7 +212,9 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
     masks their own size when square, else the task's (512 S4/MS3, 224 AVSS). ``save_pred``: with a predictor,
     also write its masks in the benchmark's layout. ``limit``: first N clips only. ``progress(done, total)``
     is called after each batch. ``workers``: data-loading processes. ``dataset_kw`` goes to the dataset (e.g.
-    ``log_mel_fn`` for AVSS).
+    ``log_mel_fn`` for AVSS). ``negative_audio`` (conditions of :mod:`avsegcli.negative_audio`) also scores the
+    clips with replaced audio against empty ground truth (:mod:`avsegcli.evaluate_negative`; seeded by
+    ``negative_seed``), adding ``negative_audio``, ``g_miou``, ``g_fscore`` and ``negative_audio_info``.
 
     Returns a JSON-ready dict: ``task``, ``split``, ``root``, ``mode`` ('weights'/'pred'), ``model`` (or None),
     ``pred_dir``, ``pred_layout``, ``protocols``, ``batch_clips``, ``image_size``, ``counts`` (clips, frames,
@@ -253,6 +256,13 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
         ds.image_size = size  # ground truth resized like the saved masks (nearest), as the readers do
     scorer = _Scorer(task, protocols)
     save_dir = None if save_pred is None else Path(save_pred)
+    negative = None
+    if negative_audio:
+        from avsegcli.evaluate_negative import NegativeAudioScorer
+
+        negative = NegativeAudioScorer(task, ds, indices, negative_audio, negative_seed, pred_dir=pred_dir,
+                                       save_dir=save_dir)
+        warnings += negative.warnings
     clips = _Clips(ds, indices, source, size)
     loader = DataLoader(clips, batch_size=batch_clips, shuffle=False, num_workers=max(0, int(workers)),
                         collate_fn=list)
@@ -271,10 +281,14 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
             pred = torch.cat([it["pred"] for it in items])
             pred = pred.long() if semantic else pred.float()
         scorer.add(items, pred)
+        if negative is not None:
+            negative.add(items, pred, predictor)
         done += len(items)
         if progress:
             progress(done, len(indices))
     res = scorer.result()
+    if negative is not None:
+        res.update(negative.result(res["overall"]))
     scored = next(iter(res["overall"].values()))["frames"]
     return {
         "task": task, "split": split, "root": str(Path(root).resolve()),

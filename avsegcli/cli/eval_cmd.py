@@ -77,7 +77,28 @@ def _tables(res: dict[str, Any]) -> list[Table]:
         cls.caption = (f"{len(seen)} of {len(pc['names'])} classes present (frames: frames where the class is in "
                        f"the label or the prediction)")
         tables.append(cls)
+    if res.get("negative_audio"):
+        tables.append(_negative_table(res))
     return tables
+
+
+def _negative_table(res: dict[str, Any]) -> Table:
+    """One row per negative-audio condition, the positive area for comparison, g_miou / g_fscore in the caption."""
+    info = res["negative_audio_info"]
+    neg = Table(title=f"negative audio (ground truth empty; seed {info['seed']})")
+    for col in ("audio", "FPR %", "frames with any %", "frames"):
+        neg.add_column(col, justify="left" if col == "audio" else "right")
+    for c, v in res["negative_audio"].items():
+        neg.add_row(c, _pct(v["fpr"]), _pct(v["frames_with_any"]), str(v["frames"]))
+    neg.add_row("(original: predicted area)", _pct(info["positive_area"]), _pct(info["positive_frames_with_any"]), "")
+    notes = [f"g_miou {_pct(res['g_miou'])}, g_fscore {_pct(res['g_fscore'])} = sqrt({info['positive_protocol']} "
+             f"score x (1 - mean FPR {_pct(info['mean_fpr'])}%))", f"noise RMS {info['noise_rms']} of full scale"]
+    off = info.get("offscreen")
+    if off:
+        rules = ", ".join(f"{k} {v}" for k, v in sorted(off["rules"].items()))
+        notes.append(f"offscreen donors by {off['category_source']}: {rules}")
+    neg.caption = "; ".join(notes)
+    return neg
 
 
 def evaluate(
@@ -95,6 +116,8 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N clips of the split."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Scoring size in pixels (default: the checkpoint's; with --pred the saved masks' own size when square, else 512 S4/MS3, 224 AVSS)."),
     workers: int = typer.Option(0, "--workers", help="Data loading processes (0 = in the main process)."),
+    negative_audio: Optional[str] = typer.Option(None, "--negative-audio", help="Also score the clips with their audio replaced (comma list of silence, noise, offscreen) against empty ground truth: false-positive rate per condition, g_miou, g_fscore. With --pred: each condition's masks in DIR/<condition>/."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the noise and of the offscreen pairing (--negative-audio)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
 ) -> None:
     """Score mIoU and F-score on AVSBench (S4, MS3, AVSS) with the official protocol and a per-frame one."""
@@ -108,6 +131,11 @@ def evaluate(
         raise AvsegError("give --weights or --pred, not both")
     if save_pred is not None and pred is not None:
         raise AvsegError("--save-pred needs --weights (the masks come from the model)")
+    from avsegcli.negative_audio import parse_conditions
+
+    conditions = parse_conditions(negative_audio)
+    if negative_audio is not None and not conditions:
+        raise AvsegError("--negative-audio needs at least one of silence, noise, offscreen")
     root = resolve_data_root(data)
     predictor = None
     if pred is None:
@@ -116,7 +144,7 @@ def evaluate(
         predictor = Predictor(weights, device=device, precision=precision)
     kw: dict[str, Any] = dict(predictor=predictor, pred_dir=pred, protocols=PROTOCOL_CHOICES[protocol],
                               batch_clips=batch_size, save_pred=save_pred, limit=limit, image_size=image_size,
-                              workers=workers)
+                              workers=workers, negative_audio=conditions, negative_seed=seed)
     to_stdout = json_out == "-"
     if quiet or to_stdout:
         res = run_eval(task, root, split, **kw)
