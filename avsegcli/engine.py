@@ -136,6 +136,7 @@ class _Trainer:
         self.warnings: list[str] = []
         self.best: dict[str, Any] | None = None
         self.step = self.epoch = self.batch = 0
+        self.negative_clips = 0  # clips trained with negative audio so far (--negative-audio)
         self.elapsed0 = 0.0
 
     # ------------------------------------------------------------------------------------------------ setup
@@ -153,6 +154,12 @@ class _Trainer:
         if self.steps_per_epoch == 0:
             raise AvsegError(f"the train split has {self.num_clips} clip(s), fewer than --batch-size {gb}")
         self.val_ds = make_dataset(self.task, str(cfg.data), "val", image_size=size) if cfg.val_every else None
+        self.negatives = None
+        if cfg.negative_audio:
+            from avsegcli.train.negatives import NegativeAudioClips, NegativeSampler
+
+            self.negatives = NegativeSampler(self.train_ds, float(cfg.negative_audio), int(cfg.seed or 0))
+            self.train_ds = NegativeAudioClips(self.train_ds, int(cfg.seed or 0))
 
     def _model(self) -> None:
         cfg = self.cfg
@@ -198,6 +205,7 @@ class _Trainer:
                 self.scaler.load_state_dict(st["scaler"])
             self.step, self.epoch, self.batch = int(st["step"]), int(st["epoch"]), int(st["batch"])
             self.best, self.elapsed0 = st.get("best"), float(st.get("elapsed", 0.0))
+            self.negative_clips = int(st.get("negative_clips", 0))
             rngs = st.get("rng") or []
             self._rng = rngs[info.rank] if info.rank < len(rngs) else None
             if self._rng is None:
@@ -235,6 +243,8 @@ class _Trainer:
         while self.epoch < int(cfg.epochs or 0) and self.step < total:
             self._set_phase()
             batches = epoch_batches(self.num_clips, int(cfg.batch_size or 1), int(cfg.seed or 0), self.epoch)
+            if self.negatives is not None:
+                batches = self.negatives.assign(batches, self.epoch)
             mine = [rank_share(b, info.rank, info.world) for b in batches[self.batch:]]
             loader = make_loader(self.train_ds, mine, num_workers=int(cfg.num_workers or 0),
                                  seed=int(cfg.seed or 0) + self.epoch, pin_memory=self.device.type == "cuda")
@@ -296,6 +306,10 @@ class _Trainer:
         self.scaler.update()
         self.step += 1
         self.batch += 1
+        if self.negatives is not None:
+            self.negative_clips += int(dist.all_reduce_sum(torch.tensor(float(batch["negative_clips"]), dtype=torch.float64,
+                                                                        device=self.device),
+                                                           info).item())
         if self.progress:
             self.progress.step(self.step, self.epoch, float(terms["total"].detach()))
         if self.step == 1 or self.step % int(cfg.log_every or 1) == 0:
@@ -310,6 +324,8 @@ class _Trainer:
         rec.update({k: float(v) for k, v in zip(names, values.tolist())})
         if grad_norm is not None:
             rec["grad_norm"] = grad_norm
+        if self.negatives is not None:
+            rec["negative_clips"] = self.negative_clips
         rec["seconds"] = round(self._elapsed(), 3)
         rec["step_seconds"] = round((now - self.t_log) / max(self.step - self.step_log, 1), 4)
         self.t_log, self.step_log = now, self.step
@@ -378,7 +394,7 @@ class _Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "scheduler": None, "rng": rngs, "best": self.best, "elapsed": self._elapsed(),
-                "world_size": self.info.world,
+                "world_size": self.info.world, "negative_clips": self.negative_clips,
                 "data_order": {"seed": int(self.cfg.seed or 0), "clips": self.num_clips,
                                "batch_size": int(self.cfg.batch_size or 1)},
             })

@@ -96,6 +96,7 @@ def train(
     init: Optional[Path] = typer.Option(None, "--init", help="Fine-tune from a whole checkpoint (ours or the authors' .pth)."),
     train_vggish: Optional[bool] = typer.Option(None, "--train-vggish/--freeze-vggish", help="Train VGGish too (frozen by default, as released)."),
     train_masks: Optional[str] = typer.Option(None, "--train-masks", help="S4 train split: first (the benchmark's one annotated frame per clip) or all (every mask file present, e.g. avseg synth data)."),
+    negative_audio: Optional[float] = typer.Option(None, "--negative-audio", help="Probability that a training clip hears negative audio (silence, noise or another train clip's off-screen sound) with an all-empty target. Default 0."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly where it stopped."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -110,7 +111,7 @@ def train(
         mix_weight=mix_weight, inter_weight=inter_weight, precision=precision, grad_clip=grad_clip, seed=seed,
         val_every=val_every, val_start=val_start, val_batch=val_batch, max_steps=max_steps, log_every=log_every,
         num_workers=workers, device=device, backbone_weights=_path(backbone_weights),
-        vggish_weights=_path(vggish_weights), init=_path(init), train_vggish=train_vggish, train_masks=train_masks, resume=_path(resume),
+        vggish_weights=_path(vggish_weights), init=_path(init), train_vggish=train_vggish, train_masks=train_masks, negative_audio=negative_audio, resume=_path(resume),
     )
     main_process = os.environ.get("RANK", "0") == "0"
     console = Console(stderr=True, highlight=False, soft_wrap=True)

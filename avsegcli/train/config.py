@@ -36,7 +36,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw", "lr": 2e-5, "weight_decay": 0.01, "aux": "both", "mix_weight": 0.1, "inter_weight": 1.0, "precision": "fp32",
     "grad_clip": 0.0, "seed": 123, "num_workers": 4, "device": "auto", "train_vggish": False,
-    "train_masks": "first", "lr_schedule": "constant", "warmup_steps": 0,
+    "train_masks": "first", "lr_schedule": "constant", "warmup_steps": 0, "negative_audio": 0.0,
 }
 LR_SCHEDULES = ("constant", "cosine")
 # may differ from the run being resumed (they change how/how long it runs, not what the run is)
@@ -87,6 +87,7 @@ class TrainConfig:
     init: str | None = None
     train_vggish: bool | None = None
     train_masks: str | None = None  # S4 train split: "first" (the benchmark's one annotated frame) or "all" present
+    negative_audio: float | None = None  # probability that a clip gets negative audio and an empty target (0 = off)
     resume: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +135,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                  "val_start", "num_workers"):
         _positive(name, getattr(out, name), allow_zero=True)
     _positive("max_steps", out.max_steps)
+    if not 0.0 <= float(out.negative_audio) <= 1.0:
+        raise AvsegError(f"--negative-audio is a probability in [0, 1], got {out.negative_audio}")
     if out.image_size is not None and (out.image_size <= 0 or out.image_size % 32):
         raise AvsegError(f"--image-size must be a positive multiple of 32, got {out.image_size}")
     return out

@@ -57,6 +57,8 @@ def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
     ``[B*T,...]`` (``frames`` ``[B*T,3,S,S]``, ``log_mel`` ``[B*T,1,96,64]``, ``masks`` ``[B*T,S,S]``, flags
     ``[B*T]``); ``names`` (list of B str) and ``clips`` (B)."""
     out: dict[str, Any] = {"names": [it["name"] for it in items], "clips": len(items)}
+    if "negative" in items[0]:  # avseg train --negative-audio (avsegcli.train.negatives)
+        out["negative_clips"] = sum(bool(it["negative"]) for it in items)
     for key in TENSOR_KEYS:
         if key in items[0]:
             stacked = torch.stack([it[key] for it in items])
