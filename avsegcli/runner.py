@@ -14,7 +14,9 @@ import os
 import queue
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +26,7 @@ import torch
 
 from avsegcli import __version__
 from avsegcli.errors import AvsegError
+from avsegcli.feed import available_cores, default_workers, stage
 from avsegcli.maskio import VideoMaskWriter, is_complete
 from avsegcli.predictor import Predictor
 
@@ -82,20 +85,27 @@ class RunProgress(Protocol):
 
 # ---- decoding (in workers or inline) -------------------------------------------------------------------------
 
-def _decode_video(vid: int, path: str, fps: float | None, image_size: int, via: int | None, window: int) -> Iterator[tuple]:
-    """Messages for one video: ("start", vid, n, meta), ("win", vid, payload)..., ("end", vid) or ("error", vid, reason)."""
+def _decode_video(vid: int, path: str, fps: float | None, image_size: int, via: int | None, window: int,
+                  span: tuple[float | None, float | None] = (None, None)) -> Iterator[tuple]:
+    """Messages for one video: ("start", vid, n, meta), ("win", vid, payload)..., ("end", vid) or ("error", vid, reason).
+    ``span``: the ``(start, end)`` seconds window (``--start/--end``; None = unbounded)."""
     from avsegcli import media
 
     try:
         info = media.probe(path)
-        idx, _ = media.sample_times(info, fps)
+        idx, _ = media.sample_times(info, fps, start=span[0], end=span[1])
+        if not len(idx) and span != (None, None) and info.num_frames:
+            yield ("error", vid, f"no sampled frame between {span[0] or 0:g} s and "
+                                 f"{'the end' if span[1] is None else f'{span[1]:g} s'} (the video lasts {info.duration:.3f} s)")
+            return
         notes = [] if info.has_audio else ["no audio track: processed with silent audio"]
         meta = {"width": info.width, "height": info.height, "fps": info.fps, "duration": info.duration,
                 "num_source_frames": info.num_frames, "has_audio": info.has_audio, "warnings": notes}
         yield ("start", vid, len(idx), meta)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", media.NoAudioWarning)  # recorded in meta["warnings"] instead
-            for b in media.iter_batches(path, fps=fps, batch_size=window, image_size=image_size, via=via, info=info):
+            for b in media.iter_batches(path, fps=fps, batch_size=window, image_size=image_size, via=via, info=info,
+                                        start=span[0], end=span[1], normalized=False):  # uint8 [n, S, S, 3]
                 yield ("win", vid, {"frames": b.frames.numpy(), "timestamps": b.timestamps, "frame_indices": b.frame_indices,
                                     "chunk_indices": b.chunk_indices, "chunk_ids": b.chunk_ids,
                                     "chunk_log_mel": b.chunk_log_mel.numpy(), "chunk_rows": b.chunk_rows, "raw_size": tuple(b.raw_size)})
@@ -106,14 +116,14 @@ def _decode_video(vid: int, path: str, fps: float | None, image_size: int, via: 
         yield ("error", vid, f"cannot be decoded ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})")
 
 
-def _worker(jobs, results, fps, image_size, via, window) -> None:
+def _worker(jobs, results, fps, image_size, via, window, span=(None, None)) -> None:
     torch.set_num_threads(1)
     parent = os.getppid()
     while True:
         job = jobs.get()
         if job is None:
             return
-        for msg in _decode_video(*job, fps, image_size, via, window):
+        for msg in _decode_video(*job, fps, image_size, via, window, span):
             while True:  # a killed parent must not leave us blocked forever
                 try:
                     results.put(msg, timeout=1.0)
@@ -123,16 +133,16 @@ def _worker(jobs, results, fps, image_size, via, window) -> None:
                         return
 
 
-def _messages(jobs: list[tuple[int, str]], workers: int, fps, image_size, via, window) -> Iterator[tuple]:
+def _messages(jobs: list[tuple[int, str]], workers: int, fps, image_size, via, window, span=(None, None)) -> Iterator[tuple]:
     if workers <= 0:
         for vid, path in jobs:
-            yield from _decode_video(vid, path, fps, image_size, via, window)
+            yield from _decode_video(vid, path, fps, image_size, via, window, span)
         return
     ctx = mp.get_context("spawn")
     job_q, res_q = ctx.Queue(), ctx.Queue(maxsize=2 * workers + 2)
     for job in jobs:
         job_q.put(job)
-    procs = [ctx.Process(target=_worker, args=(job_q, res_q, fps, image_size, via, window), daemon=True) for _ in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(job_q, res_q, fps, image_size, via, window, span), daemon=True) for _ in range(workers)]
     for p in procs:
         job_q.put(None)
         p.start()
@@ -169,11 +179,23 @@ class _Video:
 
 
 def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, fmt: str = "png", save_probs: bool = False,
-               overwrite: bool = False, workers: int = 1, fps: float | None = 1.0, progress: RunProgress | None = None) -> list[VideoResult]:
-    """Segment every video into ``out_dir/<stem>/``. Returns one :class:`VideoResult` per input, in input order."""
+               overwrite: bool = False, workers: int | None = None, fps: float | None = 1.0, progress: RunProgress | None = None,
+               start: float | None = None, end: float | None = None, stems: list[str] | None = None,
+               pad_to_batch: bool = False, post_threads: int | None = None) -> list[VideoResult]:
+    """Segment every video into ``out_dir/<stem>/``. Returns one :class:`VideoResult` per input, in input order.
+    ``start``/``end`` (seconds): only the sampled frames with ``start <= t < end`` (same names, masks and audio
+    seconds as a whole-video run).
+
+    ``workers``: decode processes (``None``: :func:`avsegcli.feed.default_workers`; 0 decodes in this process).
+    Frames come from them as the resized uint8 picture and are normalised on the model's device.
+    ``pad_to_batch``: run short batches (the last one, or one thinned by a failed video) padded to ``batch_size``
+    with repeats of their last frame, so a compiled model sees one shape; the padded outputs are dropped.
+    ``post_threads``: threads that upsample the logits, copy the masks to the host and write them while the next
+    batch computes (``None``: 1 on the CPU, up to 4 on CUDA; 0 does it inline). Outputs do not depend on it.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems = output_stems(paths)
+    stems = output_stems(paths) if stems is None else list(stems)  # the Ray runner passes each video's own stem
     videos = [_Video(VideoResult(path=str(p), stem=s, status="pending")) for p, s in zip(paths, stems)]
     jobs = []
     for vid, (v, p) in enumerate(zip(videos, paths)):
@@ -185,6 +207,41 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
     window = max(1, min(predictor.batch_size, 64))
     pending: list[tuple[int, int, dict[str, Any]]] = []  # (vid, row, window payload)
     model_info = predictor.model_info()
+    device = predictor.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # batch shapes repeat: let cuDNN pick its fastest kernels once
+    if workers is None:
+        workers = default_workers(device, jobs=len(jobs))
+    if post_threads is None:
+        post_threads = 1 if device.type != "cuda" else max(1, min(4, available_cores() // 2))
+    pool = ThreadPoolExecutor(post_threads, thread_name_prefix="avseg-post") if post_threads > 0 else None
+    inflight: deque[tuple[Future | None, list[tuple[int, int, dict[str, Any]]]]] = deque()
+
+    def post(live: list[tuple[int, int, dict[str, Any]]], logits: torch.Tensor) -> None:
+        """Masks of one batch at each video's size (one host copy per size), handed to the writers."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (_, _, w) in enumerate(live):
+            groups.setdefault(tuple(w["raw_size"]), []).append(i)
+        for size, idx in groups.items():
+            sel = logits if len(idx) == len(live) else logits[torch.as_tensor(idx, device=logits.device)]
+            masks, probs = predictor.to_masks(sel, size, with_probs=save_probs)
+            for j, i in enumerate(idx):
+                vid, row, w = live[i]
+                videos[vid].writer.add(frame_index=int(w["frame_indices"][row]), timestamp=float(w["timestamps"][row]),
+                                       chunk=int(w["chunk_indices"][row]), mask=masks[j], probs=None if probs is None else probs[j])
+
+    def complete(limit: int) -> None:
+        """Account for finished post-processing jobs, oldest first, until at most ``limit`` are in flight (a failed
+        job raises here, in this thread)."""
+        while inflight and (len(inflight) > limit or inflight[0][0] is None or inflight[0][0].done()):
+            fut, live = inflight.popleft()
+            if fut is not None:
+                fut.result()
+            for vid, _, _ in live:
+                videos[vid].written += 1
+                if progress:
+                    progress.frames_done(vid, 1)
+                maybe_finish(vid)
 
     def flush(force: bool) -> None:
         while pending and (force or len(pending) >= predictor.batch_size):
@@ -199,26 +256,26 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
                 key = (vid, int(w["chunk_indices"][row]))
                 if key not in keys:
                     keys[key] = len(patches)
-                    patches.append(torch.from_numpy(w["chunk_log_mel"][w["chunk_rows"][row]]))
+                    patches.append(w["chunk_log_mel"][w["chunk_rows"][row]])
                 rows.append(keys[key])
-            frames = torch.from_numpy(np.stack([w["frames"][row] for _, row, w in live]))
-            logits = predictor.logits(frames, torch.stack(patches), np.array(rows))
-            for (vid, row, w), lg in zip(live, logits):
-                v = videos[vid]
-                masks, probs = predictor.to_masks(lg[None], w["raw_size"], with_probs=save_probs)
-                v.writer.add(frame_index=int(w["frame_indices"][row]), timestamp=float(w["timestamps"][row]),
-                             chunk=int(w["chunk_indices"][row]), mask=masks[0], probs=None if probs is None else probs[0])
-                v.written += 1
-                if progress:
-                    progress.frames_done(vid, 1)
-                maybe_finish(vid)
+            pad = predictor.batch_size if pad_to_batch else None
+            frames = stage([w["frames"][row] for _, row, w in live], device, pad_to=pad)  # pinned on CUDA
+            rows += [rows[-1]] * (frames.shape[0] - len(rows))
+            logits = predictor.logits(frames, stage(patches, device, pad_to=pad), np.array(rows))[: len(live)]
+            if pool is None:
+                post(live, logits)
+                inflight.append((None, live))
+            else:
+                inflight.append((pool.submit(post, live, logits), live))
+            complete(post_threads + 1)  # bounded: each job holds its batch's logits
 
     def maybe_finish(vid: int) -> None:
         v = videos[vid]
         if v.result.status != "pending" or not v.ended or v.written < v.expected:
             return
         v.result.seconds = round(time.perf_counter() - v.t0, 3)
-        meta = {"source": str(Path(v.result.path).resolve()), **v.meta, "sample_fps": fps, "model": model_info,
+        meta = {"source": str(Path(v.result.path).resolve()), **v.meta, "sample_fps": fps, "window": {"start": start, "end": end},
+                "model": model_info,
                 "avseg_version": __version__, "seconds": v.result.seconds}
         v.writer.finish(meta)
         v.result.status, v.result.frames = "done", v.written
@@ -228,32 +285,38 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
     def fail(vid: int, reason: str) -> None:
         v = videos[vid]
         if v.writer is not None:
+            complete(0)  # no job may still be writing into the folder we remove
             v.writer.abort()
         v.result.status, v.result.reason = "failed", reason
         if progress:
             progress.video_finished(vid, v.result)
 
-    for msg in _messages(jobs, workers, fps, predictor.image_size, predictor.via, window):
-        kind, vid = msg[0], msg[1]
-        v = videos[vid]
-        if kind == "start":
-            v.expected, v.meta, v.t0 = msg[2], msg[3], time.perf_counter()
-            v.result.has_audio, v.result.warnings = msg[3]["has_audio"], msg[3]["warnings"]
-            v.writer = VideoMaskWriter(out_dir, v.result.stem, fmt=fmt, semantic=predictor.semantic, save_probs=save_probs)
-            if progress:
-                progress.video_started(vid, Path(v.result.path).name, v.expected)
-        elif kind == "win":
-            pending.extend((vid, r, msg[2]) for r in range(len(msg[2]["frame_indices"])))
-            flush(force=False)
-        elif kind == "end":
-            v.ended = True
-            if v.expected == 0:
-                fail(vid, "has no frames to segment")
-            flush(force=False)
-            maybe_finish(vid)
-        elif kind == "error":
-            fail(vid, msg[2])
-    flush(force=True)
+    try:
+        for msg in _messages(jobs, workers, fps, predictor.image_size, predictor.via, window, (start, end)):
+            kind, vid = msg[0], msg[1]
+            v = videos[vid]
+            if kind == "start":
+                v.expected, v.meta, v.t0 = msg[2], msg[3], time.perf_counter()
+                v.result.has_audio, v.result.warnings = msg[3]["has_audio"], msg[3]["warnings"]
+                v.writer = VideoMaskWriter(out_dir, v.result.stem, fmt=fmt, semantic=predictor.semantic, save_probs=save_probs)
+                if progress:
+                    progress.video_started(vid, Path(v.result.path).name, v.expected)
+            elif kind == "win":
+                pending.extend((vid, r, msg[2]) for r in range(len(msg[2]["frame_indices"])))
+                flush(force=False)
+            elif kind == "end":
+                v.ended = True
+                if v.expected == 0:
+                    fail(vid, "has no frames to segment")
+                flush(force=False)
+                maybe_finish(vid)
+            elif kind == "error":
+                fail(vid, msg[2])
+        flush(force=True)
+        complete(0)  # every batch written before the last videos are published
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     for vid, v in enumerate(videos):
         if v.result.status == "pending":  # cannot happen unless a worker died silently
             fail(vid, "decoding stopped before the end of the video")

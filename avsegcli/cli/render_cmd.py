@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from avsegcli.cli.common import Quiet, Verbose, detail, set_verbosity
+
 
 class Hold(str, Enum):
     """Which mask a frame between sampled frames shows."""
@@ -31,17 +33,44 @@ def render(
                                           "(instead of, or as well as, -o)."),
     crf: int = typer.Option(18, "--crf", min=0, max=51, help="libx264 quality: lower is better and bigger."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Also (or only) write one PNG with every sampled frame "
+                                         "and its mask in a grid, with timestamps (and the AVSS legend)."),
+    columns: Optional[int] = typer.Option(None, "--columns", min=1, help="Tiles per row of --sheet (default: about square)."),
+    start: Optional[float] = typer.Option(None, "--start", help="Draw only frames at or after this time (seconds on the source's timeline)."),
+    end: Optional[float] = typer.Option(None, "--end", help="Draw only frames before this time (seconds)."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Draw the sounding-object masks over every frame of VIDEO and encode an MP4 (or PNG frames)."""
+    """Draw the sounding-object masks over every frame of VIDEO and encode an MP4 (or PNG frames, or a contact sheet)."""
     from rich.console import Console
 
+    from avsegcli.errors import AvsegError
+    from avsegcli.media.sampling import check_window
     from avsegcli.render import render_video
 
+    set_verbosity(verbose, quiet)
+    check_window(start, end)
+    console = Console(highlight=False, soft_wrap=True)
+    if sheet is not None:
+        from avsegcli.render.sheet import contact_sheet
+
+        st = contact_sheet(video, masks_dir, sheet, columns=columns, start=start, end=end)
+        if not quiet:
+            console.print(f"wrote {st['out']}: {st['tiles']} tiles in {st['rows']}x{st['columns']} ({st['size'][0]}x{st['size'][1]} px)",
+                          markup=False)
+        if out is None and frames is None:
+            return
+    if out is None and frames is None:
+        raise AvsegError("nothing to write: give an output video (-o), a frames folder (--frames) or --sheet")
+    detail(f"rendering {video} with {masks_dir}: hold {hold.value}, alpha {alpha}, window {start}..{end}")
     stats = render_video(video, masks_dir, out, hold=hold.value, alpha=alpha, contour=contour, side_by_side=side_by_side,
-                         timestamp=timestamp, audio_bar=audio_bar, frames_dir=frames, progress=progress, crf=crf)
+                         timestamp=timestamp, audio_bar=audio_bar, frames_dir=frames, progress=progress and not quiet,
+                         crf=crf, start=start, end=end)
+    if quiet:
+        return
     audio = {"copied": f", audio copied ({stats['audio_codec']})", "none": ", no audio",
              "re-encoded": f", audio re-encoded to AAC (was {stats['audio_codec']})"}[stats["audio"]] if out else ""
     where = " and ".join(p for p in (stats["out"], stats["frames_dir"] and f"{stats['frames_dir']}/ (PNG)") if p)
-    Console(highlight=False, soft_wrap=True).print(
+    console.print(
         f"wrote {where}: {stats['frames']} frames at {stats['fps_rational']} fps ({stats['duration']:.2f} s), "
         f"{stats['masks']} masks held by {stats['hold']}{audio}, in {stats['seconds']:.1f} s", markup=False)

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from avsegcli.cli.common import Quiet, Verbose, detail, set_verbosity
+
 
 class _RichProgress:
     """Overall videos and frames, one bar per video in flight, frames/s."""
@@ -42,7 +44,23 @@ class _RichProgress:
             self.p.remove_task(task)
 
 
-def _render_all(results, out: Path, console: Console, quiet: bool) -> None:
+def _sheet_all(results, out: Path, console: Console, quiet: bool) -> None:
+    """DIR/<stem>/sheet.png for the videos done in this run (a failure marks that video failed, the rest go on)."""
+    from avsegcli.errors import AvsegError
+    from avsegcli.render.sheet import contact_sheet
+
+    for r in results:
+        if r.status != "done":
+            continue
+        try:
+            stats = contact_sheet(r.path, out / r.stem, out / r.stem / "sheet.png")
+            if not quiet:
+                console.print(f"wrote {stats['out']} ({stats['tiles']} tiles)", markup=False, highlight=False)
+        except AvsegError as err:
+            r.status, r.reason = "failed", f"sheet: {err.reason}"
+
+
+def _render_all(results, out: Path, console: Console, quiet: bool, start: float | None = None, end: float | None = None) -> None:
     """Overlay videos for the videos done in this run (a render failure marks that video failed, the rest go on)."""
     from avsegcli.errors import AvsegError
     from avsegcli.render import render_video
@@ -51,7 +69,7 @@ def _render_all(results, out: Path, console: Console, quiet: bool) -> None:
         if r.status != "done":
             continue
         try:
-            stats = render_video(r.path, out / r.stem, out / r.stem / "overlay.mp4", progress=not quiet)
+            stats = render_video(r.path, out / r.stem, out / r.stem / "overlay.mp4", progress=not quiet, start=start, end=end)
             if not quiet:
                 console.print(f"rendered {stats['out']} ({stats['frames']} frames)", markup=False, highlight=False)
         except AvsegError as err:
@@ -71,9 +89,13 @@ def run(
     fmt: str = typer.Option("png", "--format", help="png (one image per frame), npz (one array per video), rle (masks.json: COCO RLE, YouTube-VIS-like) or all."),
     save_probs: bool = typer.Option(False, "--save-probs", help="With --format npz (or all): also store probabilities."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that already have a finished output."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no table."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
     render: bool = typer.Option(False, "--render", help="Also draw each finished video's masks over it: DIR/<stem>/overlay.mp4 (as avseg render)."),
+    sheet: bool = typer.Option(False, "--sheet", help="Also write DIR/<stem>/sheet.png: every sampled frame with its mask in one grid (as avseg render --sheet)."),
+    start: Optional[float] = typer.Option(None, "--start", help="Segment only frames at or after this time (seconds on the source's timeline)."),
+    end: Optional[float] = typer.Option(None, "--end", help="Segment only frames before this time (seconds)."),
 ) -> None:
     """Segment the sounding objects of every sampled frame; resumable (finished videos are skipped)."""
     from avsegcli.errors import AvsegError
@@ -87,21 +109,29 @@ def run(
         raise AvsegError("--save-probs needs --format npz (or all)")
     if fps < 0:
         raise AvsegError("--fps must be positive (or 0 for every frame)")
+    set_verbosity(verbose, quiet)
+    from avsegcli.media.sampling import check_window
+
+    check_window(start, end)
     paths = collect_inputs(inputs, glob)
     if not paths:
         raise AvsegError(f"no videos found in {', '.join(inputs)}")
     predictor = Predictor(weights, device=device, precision=precision, batch_size=batch_size, fps=fps or None)
+    detail(f"{len(paths)} video(s); model {predictor.model_info()}")
     console = Console(stderr=True)
     t0 = time.perf_counter()
     if quiet or as_json:
-        results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers, fps=fps or None)
+        results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers, fps=fps or None,
+                             start=start, end=end)
     else:
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=console, transient=False) as progress:
             results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers,
-                                 fps=fps or None, progress=_RichProgress(progress, len(paths)))
+                                 fps=fps or None, progress=_RichProgress(progress, len(paths)), start=start, end=end)
     if render:
-        _render_all(results, out, console, quiet or as_json)
+        _render_all(results, out, console, quiet or as_json, start=start, end=end)
+    if sheet:
+        _sheet_all(results, out, console, quiet or as_json)
     seconds = time.perf_counter() - t0
     frames = sum(r.frames for r in results)
     summary_path = write_summary(results, out, {"model": predictor.model_info(), "seconds": round(seconds, 3),
@@ -124,5 +154,9 @@ def run(
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     for r in failed:
         err.print(f"error: {r.path}: {r.reason}", markup=False)
+    for r in results:
+        if r.status != "failed":
+            detail(f"{r.path}: {r.status}{f' ({r.reason})' if r.reason else ''}; {r.frames} frames"
+                   + (f"; {'; '.join(r.warnings)}" if r.warnings else ""))
     if failed:
         raise typer.Exit(1)

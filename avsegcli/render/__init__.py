@@ -86,6 +86,8 @@ def render_video(
     progress: bool | ProgressFn = False,
     crf: int = 18,
     preset: str = "veryfast",
+    start: float | None = None,
+    end: float | None = None,
 ) -> dict[str, Any]:
     """Render ``masks_dir`` (an ``avseg run`` mask folder) over every frame of ``video``.
 
@@ -96,6 +98,8 @@ def render_video(
     the audio in each frame's ``[t, t + 1/fps)`` window. ``progress``: True for a Rich bar on stderr, or a
     ``callback(frames_done, total)``. ``crf``/``preset`` are libx264's quality/speed settings
     (``veryfast`` by default: about twice as fast as ``medium``, slightly bigger files at the same quality).
+    ``start``/``end`` (seconds): only the source frames with ``start <= t < end``, with the audio from the first
+    of them on (the source's timeline; timestamps printed as in the source).
 
     Raises :class:`AvsegError` with a one-line reason when masks and video do not belong together.
     Returns stats: ``frames``, ``fps`` (float), ``fps_rational`` (``"30000/1001"``), ``duration`` (s),
@@ -103,7 +107,9 @@ def render_video(
     ``"re-encoded"`` or ``"none"``), ``audio_codec``, ``out``, ``frames_dir``, ``seconds`` (wall time).
     """
     from avsegcli import media
+    from avsegcli.media.sampling import check_window, in_window
 
+    check_window(start, end)
     if out is None and frames_dir is None:
         raise AvsegError("nothing to write: give an output video (-o) or a frames folder (--frames)")
     if hold not in HOLD_MODES:
@@ -112,7 +118,7 @@ def render_video(
         raise AvsegError(f"alpha must be between 0 and 1, got {alpha}")
     if out is not None and Path(out).resolve() == Path(video).resolve():
         raise AvsegError("the output would overwrite the source video; choose another -o", path=out)
-    start = time.perf_counter()
+    t_begin = time.perf_counter()
     info = media.probe(video)
     if not info.has_video:
         raise AvsegError("has no video stream", path=video)
@@ -121,6 +127,11 @@ def render_video(
     check_match(track, video, n, info.size, frame_times)
     rows = frame_to_mask(frame_times, track.timestamps, track.chunks, hold)
     fps = rational_fps(info.fps)
+    shown = np.flatnonzero(in_window(frame_times, start, end))  # source frames drawn (all without a window)
+    if not shown.size:
+        raise AvsegError(f"no frame between {start or 0:g} s and {'the end' if end is None else f'{end:g} s'} "
+                         f"(the video lasts {info.duration:.3f} s)", path=video)
+    clip = (float(frame_times[shown[0]]), shown.size / float(fps)) if shown.size < n else None
     names = _class_names(track.meta)
 
     audio_codec = info.audio_streams[0].codec if info.has_audio else None
@@ -141,17 +152,17 @@ def render_video(
             if out is not None:
                 plan = audio_plan(audio_codec, Path(out))
                 writers.append(VideoWriter(out, width=out_w, height=out_h, fps=fps, audio_from=video, audio=plan,
-                                           crf=crf, preset=preset))
+                                           crf=crf, preset=preset, audio_clip=clip))
             report: ProgressFn | None
             if progress is True:
-                report = stack.enter_context(_RichProgress(Path(video).name, n))
+                report = stack.enter_context(_RichProgress(Path(video).name, shown.size))
             else:
                 report = progress or None
             source = stack.enter_context(media.VideoSource(video))
             window = int(max(1, min(32, WINDOW_BYTES // max(1, info.width * info.height * 3))))
             cached_row, layer = -1, None
-            for sl, frames in source.iter_windows(np.arange(n), window):
-                for i, frame in zip(range(sl.start, sl.stop), frames):
+            for sl, frames in source.iter_windows(shown, window):
+                for i, frame in zip(shown[sl], frames):
                     if rows[i] != cached_row:
                         cached_row = int(rows[i])
                         layer = prepare_mask(track.get(cached_row), semantic=track.semantic, contour=contour,
@@ -162,7 +173,7 @@ def render_video(
                     for w in writers:
                         w.write(image)
                 if report is not None:
-                    report(sl.stop, n)
+                    report(sl.stop, shown.size)
             for w in writers:
                 w.finish()
         except BaseException:
@@ -171,10 +182,10 @@ def render_video(
             raise
     written_w, written_h = (out_w + out_w % 2, out_h + out_h % 2) if out is not None else (out_w, out_h)
     return {
-        "frames": n, "fps": float(fps), "fps_rational": f"{fps.numerator}/{fps.denominator}",
-        "duration": n / float(fps), "size": [written_w, written_h], "masks": len(track), "semantic": track.semantic,
+        "frames": int(shown.size), "fps": float(fps), "fps_rational": f"{fps.numerator}/{fps.denominator}",
+        "duration": shown.size / float(fps), "first_frame": int(shown[0]), "size": [written_w, written_h], "masks": len(track), "semantic": track.semantic,
         "hold": hold, "audio": {"copy": "copied", "aac": "re-encoded", "none": "none"}[plan],
         "audio_codec": audio_codec, "out": str(out) if out is not None else None,
         "frames_dir": str(frames_dir) if frames_dir is not None else None,
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(time.perf_counter() - t_begin, 3),
     }

@@ -72,7 +72,9 @@ class VideoWriter:
     """``ffmpeg -f rawvideo -i pipe:0 [-i source] -c:v libx264 ... out.mp4``; feed frames with :meth:`write`."""
 
     def __init__(self, out: str | Path, *, width: int, height: int, fps: Fraction, audio_from: str | Path | None = None,
-                 audio: str = "none", crf: int = 18, preset: str = "veryfast") -> None:
+                 audio: str = "none", crf: int = 18, preset: str = "veryfast",
+                 audio_clip: tuple[float, float] | None = None) -> None:
+        """``audio_clip``: ``(start, duration)`` seconds of the source's audio to use (render --start/--end)."""
         self.out = Path(out)
         if self.out.suffix.lower() not in COPYABLE:
             raise AvsegError(f"unsupported output type {self.out.suffix or '(none)'!r}: use .mp4, .m4v, .mov or .mkv",
@@ -87,6 +89,8 @@ class VideoWriter:
                "-framerate", f"{fps.numerator}/{fps.denominator}", "-i", "pipe:0"]
         maps = ["-map", "0:v:0"]
         if audio != "none" and audio_from is not None:
+            if audio_clip is not None:
+                cmd += ["-ss", f"{audio_clip[0]:.6f}", "-t", f"{audio_clip[1]:.6f}"]
             cmd += ["-i", str(audio_from)]
             maps += ["-map", "1:a:0"]
             maps += ["-c:a", "copy"] if audio == "copy" else ["-c:a", "aac", "-b:a", AAC_BITRATE]
