@@ -21,7 +21,13 @@
 * containers without a frame count *and* without an average frame rate (variable-frame-rate
   Matroska/WebM), which decord refuses ("broken metadata"), are remuxed once, without
   re-encoding (``-c copy``), into a temporary MP4 that decord can index; the temporary file is
-  removed by :meth:`close`.
+  removed by :meth:`close`;
+* what decord cannot open or copy out (AV1, which its ffmpeg cannot decode; Theora in Ogg that
+  cannot be remuxed; pictures as small as 16x16) is decoded by the bundled ffmpeg instead
+  (:class:`~avsegcli.media.ffdecode.FFmpegFrames`: same frame numbering and timestamps).
+  ``AVSEG_VIDEO_DECODER=ffmpeg`` (or ``decoder="ffmpeg"``) forces that path, ``=decord`` forbids it;
+* decord's ffmpeg log is silenced (``decord.logging.QUIET``) and its internal errors are mapped to
+  reasons in our words ("damaged at frame k of N", ...), never shown as they are.
 
 Frame ``i`` is the ``i``-th frame in presentation order (decord sorts packets by pts), and
 ``frame_times[i]`` its presentation time in seconds from the stream start.
@@ -56,12 +62,29 @@ def rss_mb() -> float | None:
         return None
 
 
+#: ``AVSEG_VIDEO_DECODER``: auto (decord, ffmpeg where decord cannot), decord (never ffmpeg), ffmpeg (always)
+DECODER_ENV = "AVSEG_VIDEO_DECODER"
+DECODERS = ("auto", "decord", "ffmpeg")
+
+
 def _decord():
     try:
         import decord
     except ImportError as err:  # pragma: no cover - decord is a hard dependency
         raise MediaError(f"decord is not installed ({err})") from None
+    decord.logging.set_level(decord.logging.QUIET)  # its ffmpeg would print decoder noise on our stderr
     return decord
+
+
+class _UseFFmpeg(MediaError):
+    """decord cannot read this file but ffmpeg may (caught by VideoSource, which then decodes with ffmpeg)."""
+
+
+def decoder_choice(decoder: str | None = None) -> str:
+    choice = (decoder or os.environ.get(DECODER_ENV) or "auto").strip().lower()
+    if choice not in DECODERS:
+        raise MediaError(f"{DECODER_ENV} must be one of {', '.join(DECODERS)}, not {choice!r}")
+    return choice
 
 
 def _short(err: BaseException) -> str:
@@ -70,6 +93,21 @@ def _short(err: BaseException) -> str:
     if ": " in text and text.startswith("["):
         text = text.split(": ", 1)[1]
     return text.strip()
+
+
+def _reason(err: BaseException) -> str:
+    """decord's internal error text in our words (its 'Check failed: ...' lines are for its developers)."""
+    text = _short(err)
+    low = text.lower()
+    if "avcodec_send_packet" in low or "error sending packet" in low:
+        return "the decoder rejected its data"
+    if "avcodec_receive_frame" in low or "error receiving" in low:
+        return "the decoder could not produce the frame"
+    if "av_read_frame" in low or "read frame" in low:
+        return "packets cannot be read"
+    if "check failed" in low or "decord" in low or ".cc:" in low:
+        return "the decoder failed"
+    return text[:120]
 
 
 def _keyframe_before(keys: np.ndarray, frame: int) -> int:
@@ -85,15 +123,22 @@ class VideoSource:
     float64 seconds), ``frame_size`` (``(H, W)`` of decoded frames).
     """
 
-    def __init__(self, path: str | Path, *, num_threads: int = 0) -> None:
+    def __init__(self, path: str | Path, *, num_threads: int = 0, decoder: str | None = None) -> None:
         self.path = Path(path)
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         self._target = str(self.path)
         self._threads = int(num_threads)
-        self._vr = self._open(self._threads)
+        self._ff = None  # FFmpegFrames when ffmpeg decodes instead of decord
+        self._vr = None
         self.reopens = 0
-        self._rss_at_open = rss_mb()
+        self.backend = "decord"
+        self._choice = decoder_choice(decoder)
+        if self._choice == "ffmpeg":
+            self._use_ffmpeg()
+            return
         try:
+            self._vr = self._open(self._threads)
+            self._rss_at_open = rss_mb()
             self.num_frames = int(len(self._vr))
             self.fps = float(self._vr.get_avg_fps())
             if self.num_frames < 1:
@@ -101,16 +146,42 @@ class VideoSource:
             ts = self._vr.get_frame_timestamp(np.arange(self.num_frames))[:, 0]
             self.frame_times = np.round(ts.astype(np.float64), TIME_DECIMALS)
             first = self.get([0])
+        except _UseFFmpeg as why:
+            self.close()
+            if self._choice == "decord":
+                raise MediaError(why.reason, path=self.path) from None
+            self._use_ffmpeg()
+            return
         except MediaError:
             self.close()
             raise
         except Exception as err:
             self.close()
-            raise MediaError(f"truncated or corrupt video: {_short(err)}", path=self.path) from None
+            raise MediaError(f"truncated or corrupt video ({_reason(err)})", path=self.path) from None
+        if self._ff is not None:  # get() switched to ffmpeg on the first frame
+            return
         self.frame_size = (int(first.shape[1]), int(first.shape[2]))
         if not np.isfinite(self.fps) or self.fps <= 0:
             span = self.frame_times[-1] - self.frame_times[0]
             self.fps = (self.num_frames - 1) / span if span > 0 else 1.0
+
+    def _use_ffmpeg(self) -> None:
+        """Decode with the bundled ffmpeg from now on (its own packet index; same numbering as decord's)."""
+        from avsegcli.media.ffdecode import FFmpegFrames
+        from avsegcli.media.probe import list_streams
+
+        self._vr = None
+        listing = list_streams(self.path)
+        if not listing.video:
+            raise MediaError("has no video stream", path=self.path)
+        stream = listing.video[0]
+        self._ff = FFmpegFrames(self.path, codec=stream["codec"])
+        self.backend = "ffmpeg"
+        self.num_frames = self._ff.num_frames
+        self.frame_times = self._ff.frame_times
+        self.fps = float(stream["fps"]) if stream.get("fps") else self._ff.fps
+        self.frame_size = self._ff.frame_size
+        self._ff.get([0])  # fails here, with a reason, when ffmpeg cannot decode it either
 
     def _open(self, threads: int):
         decord = _decord()
@@ -120,13 +191,12 @@ class VideoSource:
             reason = _short(err)
             if "broken metadata" in reason and self._tmpdir is None:
                 return self._open_remuxed(decord, threads)
-            if "cannot find video stream" in reason:
-                raise MediaError("has no video stream", path=self.path) from None
             if "av_read_frame failed" in reason:
                 raise MediaError("truncated or corrupt video (packets cannot be read)", path=self.path) from None
-            raise MediaError(f"cannot open video: {reason}", path=self.path) from None
+            # "cannot find video stream" (a codec decord's ffmpeg lacks, e.g. AV1) and the rest: try ffmpeg
+            raise _UseFFmpeg(f"decord cannot open it ({reason[:120]})", path=self.path) from None
         except Exception as err:  # decord raises plain RuntimeError/ValueError on some inputs
-            raise MediaError(f"cannot open video: {_short(err)}", path=self.path) from None
+            raise _UseFFmpeg(f"decord cannot open it ({_reason(err)})", path=self.path) from None
 
     def _open_remuxed(self, decord, threads: int):
         """Copy the video stream into a temporary MP4 (which stores a frame count) and open that."""
@@ -134,22 +204,20 @@ class VideoSource:
         target = os.path.join(self._tmpdir.name, "video.mp4")
         cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(self.path),
                "-map", "0:v:0", "-c", "copy", "-f", "mp4", target]
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-        if proc.returncode != 0:
-            self.close()
-            msg = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise MediaError(
-                "video has no frame count or frame rate and cannot be indexed"
-                + (f" ({msg[-1]})" if msg else ""), path=self.path) from None
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              check=False)
+        if proc.returncode != 0:  # e.g. Theora does not go into MP4: ffmpeg decodes it instead
+            raise _UseFFmpeg("no frame count or frame rate, and no MP4 remux", path=self.path)
         self._target = target
         try:
             return decord.VideoReader(target, ctx=decord.cpu(0), num_threads=threads)
         except Exception as err:
-            self.close()
-            raise MediaError(f"cannot open video: {_short(err)}", path=self.path) from None
+            raise _UseFFmpeg(f"decord cannot open it ({_reason(err)})", path=self.path) from None
 
     def get(self, indices) -> np.ndarray:
         """Decode frames ``indices`` (any order, repeats allowed): ``[len, H, W, 3]`` uint8 RGB."""
+        if self._ff is not None:
+            return self._ff.get(indices)
         idx = [int(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
         if not idx:
             h, w = getattr(self, "frame_size", (0, 0))
@@ -160,19 +228,43 @@ class VideoSource:
         try:
             return self._vr.get_batch(idx).asnumpy()
         except Exception as err:
+            reason = _short(err)
+            if "from_size == to_size" in reason or "ArrayCopy" in reason:
+                # decord's frame copy fails on very small pictures (16x16): ffmpeg decodes those
+                if self._choice == "decord":
+                    raise MediaError(f"cannot decode frames with decord: {_reason(err)}", path=self.path) from None
+                self._use_ffmpeg()
+                return self._ff.get(idx)
             if self._threads != 1:
                 # decord does not retry when a frame-threaded decoder (e.g. VP9) answers EAGAIN;
                 # a single-threaded decoder never does: reopen once that way and retry.
                 self._threads = 1
                 self._vr = self._open(1)
                 return self.get(idx)
-            raise MediaError(f"cannot decode frames {idx[0]}..{idx[-1]}: {_short(err)}", path=self.path) from None
+            raise MediaError(f"damaged at frame {self._first_bad(idx)} of {self.num_frames} "
+                             f"({_reason(err)})", path=self.path) from None
+
+    def _first_bad(self, idx: list[int]) -> int:
+        """After a failed window: the first of ``idx`` that decord cannot decode alone (reopened reader)."""
+        try:
+            self._vr = None
+            self._vr = self._open(1)
+            for i in sorted(set(idx)):
+                try:
+                    self._vr.get_batch([i])
+                except Exception:
+                    return i
+        except Exception:
+            pass
+        return idx[0]
 
     def release_buffers(self, budget_mb: float | None = DECODER_MEMORY_BUDGET_MB) -> bool:
         """Reopen the decord reader if the process grew by more than ``budget_mb`` MiB since it
         was opened (``budget_mb=None``: always). Frees decord's decoded backlog; returns whether
         it reopened. Frame numbering and timestamps are unchanged.
         """
+        if self._ff is not None:
+            return False
         now = rss_mb()
         if budget_mb is not None and (now is None or self._rss_at_open is None
                                       or now - self._rss_at_open <= budget_mb):
@@ -211,6 +303,8 @@ class VideoSource:
             yield sl, frames
 
     def _keyframes(self) -> list[int]:
+        if self._ff is not None:
+            return [int(k) for k in self._ff.keyframes]
         try:
             return [int(k) for k in self._vr.get_key_indices()]
         except Exception:
@@ -219,6 +313,8 @@ class VideoSource:
     def park(self) -> None:
         """Stop decord's background decoding (``seek(0)`` clears its queues; decord issues #157,
         #208). The next ``get`` seeks to the keyframe before its first frame again."""
+        if self._ff is not None:
+            return
         try:
             self._vr.seek(0)
         except Exception as err:
@@ -226,7 +322,9 @@ class VideoSource:
 
     def close(self) -> None:
         self._vr = None
-        if self._tmpdir is not None:
+        if getattr(self, "_ff", None) is not None:
+            self._ff.close()
+        if getattr(self, "_tmpdir", None) is not None is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
 
