@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,14 @@ FORMATS = ("png", "npz", "rle", "all")
 
 def mask_filename(frame_index: int) -> str:
     return f"{int(frame_index):06d}.png"
+
+
+def mask_stats(mask: np.ndarray) -> tuple[list[int], float]:
+    """(sorted non-zero class ids present, fraction of non-zero pixels) of a ``[H, W]`` uint8 mask, from one
+    ``np.bincount`` (linear, no sort as ``np.unique`` does)."""
+    counts = np.bincount(np.asarray(mask, dtype=np.uint8).reshape(-1), minlength=1)
+    total = int(counts.sum())
+    return [int(c) for c in np.flatnonzero(counts[1:]) + 1], (float(total - counts[0]) / total if total else 0.0)
 
 
 def save_mask_png(path: str | Path, mask: np.ndarray, semantic: bool) -> None:
@@ -75,24 +84,31 @@ class VideoMaskWriter:
         self._masks: list[np.ndarray] = []
         self._probs: list[np.ndarray] = []
         self._segments: list[list[dict[str, Any]]] = []  # --format rle/all: COCO RLE segments per frame
+        self._lock = threading.Lock()
 
     def add(self, *, frame_index: int, timestamp: float, chunk: int, mask: np.ndarray, probs: np.ndarray | None = None) -> None:
-        """``mask``: ``[H, W]`` uint8 at the source size; ``probs``: optional float array for --save-probs."""
-        classes = sorted(int(c) for c in np.unique(mask) if c != 0)
+        """``mask``: ``[H, W]`` uint8 at the source size; ``probs``: optional float array for --save-probs.
+        Thread-safe: ``avseg run`` calls it from a pool of post-processing threads (encoding runs in parallel, the
+        lists are appended together under a lock so they stay aligned)."""
+        classes, area = mask_stats(mask)
         rec: dict[str, Any] = {"frame_index": int(frame_index), "timestamp": round(float(timestamp), 6), "chunk": int(chunk),
-                               "sounding_area": round(float((mask > 0).mean()), 6), "classes": classes}
+                               "sounding_area": round(area, 6), "classes": classes}
         if self.fmt in ("png", "all"):
             rec["file"] = mask_filename(frame_index)
             save_mask_png(self.partial / rec["file"], mask, self.semantic)
-        if self.fmt in ("npz", "all"):
-            self._masks.append(mask.astype(np.uint8))
-            if self.save_probs and probs is not None:
-                self._probs.append(probs.astype(np.float16))
+        segments = None
         if self.fmt in ("rle", "all"):
             from avsegcli.maskrle import encode_segments
 
-            self._segments.append(encode_segments(mask, self.semantic))
-        self.records.append(rec)
+            segments = encode_segments(mask, self.semantic)
+        with self._lock:
+            if self.fmt in ("npz", "all"):
+                self._masks.append(mask.astype(np.uint8))
+                if self.save_probs and probs is not None:
+                    self._probs.append(probs.astype(np.float16))
+            if segments is not None:
+                self._segments.append(segments)
+            self.records.append(rec)
 
     def finish(self, meta: dict[str, Any]) -> Path:
         """Write the npz (if any) and ``meta.json`` last, then rename the folder into place."""

@@ -123,19 +123,26 @@ def resize_like_pil(frames, size: tuple[int, int]) -> torch.Tensor:
 def normalize(frames_uint8) -> torch.Tensor:
     """``[N, H, W, 3]`` uint8 -> ``[N, 3, H, W]`` float32: ``(x / 255 - mean) / std``."""
     x = as_uint8_nhwc(frames_uint8).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1).to(x.device)  # runs on x's device
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1).to(x.device)
     return x.sub_(mean).div_(std).contiguous()
 
 
 def preprocess_frames(frames, image_size: int, via: int | None = None) -> torch.Tensor:
     """Decoded RGB frames ``[N, H, W, 3]`` uint8 (numpy or torch) -> model input ``[N, 3, S, S]``
-    float32 with ``S = image_size``, ImageNet-normalised.
+    float32 with ``S = image_size``, ImageNet-normalised: ``normalize(resize_frames(...))``.
 
     ``via=None``: source -> ``S x S`` with PIL bilinear (AVSS: ``image_size=224``).
     ``via=V``: source -> ``V x V`` like ``cv2.resize`` INTER_LINEAR (rounded to uint8, as the
     saved PNG was), then -> ``S x S`` with PIL bilinear (S4/MS3: ``image_size=512, via=224``).
     """
+    return normalize(resize_frames(frames, image_size, via))
+
+
+def resize_frames(frames, image_size: int, via: int | None = None) -> torch.Tensor:
+    """The resizing half of :func:`preprocess_frames`: ``[N, H, W, 3]`` uint8 -> ``[N, S, S, 3]`` uint8 (both
+    resizes round to uint8, so this is exactly what ``normalize`` then sees; ``avseg run`` ships it to the
+    device as is and normalises there)."""
     x = as_uint8_nhwc(frames)
     s = int(image_size)
     if s <= 0 or (via is not None and int(via) <= 0):
@@ -144,7 +151,7 @@ def preprocess_frames(frames, image_size: int, via: int | None = None) -> torch.
         x = resize_like_cv2(x, (int(via), int(via)))
     if tuple(x.shape[1:3]) != (s, s):
         x = resize_like_pil(x, (s, s))
-    return normalize(x)
+    return x
 
 
 def _nearest_index(src: int, dst: int) -> torch.Tensor:
