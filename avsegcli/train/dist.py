@@ -36,19 +36,31 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(pref: str, local_rank: int) -> torch.device:
-    """``auto``: ``cuda:<local rank>`` when CUDA is available, else the CPU; or ``cpu``/``cuda``/``cuda:N``."""
-    if pref == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+def pick_device(pref: str, local_rank: int, world: int = 1) -> torch.device:
+    """``auto``: ``cuda:<local rank>`` when CUDA is available, else the CPU; or ``cpu``/``cuda``/``cuda:N``.
+
+    Under ``torchrun`` (``world > 1``) each rank's GPU is ``cuda:<LOCAL_RANK>``: ``auto`` and ``cuda`` pick it, and an
+    explicit ``cuda:N`` is a usage error (it would put every rank on the same GPU and NCCL would fail at start)."""
     try:
-        device = torch.device(pref)
+        device = torch.device("cpu" if pref == "auto" else pref)
     except RuntimeError:
         raise AvsegError(f"--device must be auto, cpu, cuda or cuda:N, got {pref!r}") from None
+    if device.type == "cuda" and device.index is not None and world > 1:
+        raise AvsegError(f"--device {pref} under torchrun ({world} processes): every rank would use the same GPU; "
+                         "use --device cuda (or auto): each rank takes cuda:$LOCAL_RANK (restrict GPUs with "
+                         "CUDA_VISIBLE_DEVICES)")
+    if pref == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = torch.device("cuda")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise AvsegError("--device cuda: CUDA is not available")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
+        if device.index >= torch.cuda.device_count():
+            raise AvsegError(f"--device {device} asked for (LOCAL_RANK={local_rank}), but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
         raise AvsegError(f"--device must be auto, cpu, cuda or cuda:N, got {pref!r}")
     return device
@@ -59,7 +71,7 @@ def setup(device_pref: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_pref, local_rank)
+    device = pick_device(device_pref, local_rank, world)
     info = DistInfo(rank=rank, world=world, local_rank=local_rank, device=device)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
