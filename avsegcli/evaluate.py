@@ -124,8 +124,12 @@ class _Scorer:
             out["per_class"] = {"names": list(AVSS_CLASS_NAMES), **{p: {
                 "iou": r["per_class_iou"].tolist(), "fscore": r["per_class_fscore"].tolist(),
                 "count": r["class_count"].tolist()} for p, r in computed.items()}}
+            frame_proto = "per-frame" if "per-frame" in computed else next(iter(computed))
+            out["per_frame_miou"] = {"protocol": frame_proto, "values": computed[frame_proto]["per_frame_miou"]}
             return out
         first = next(iter(computed.values()))
+        # pooled F-curve (the same whatever the protocol): its maximum is the per-frame protocol's F-score
+        out["f_curve"] = {"thresholds": first["thresholds"], "fscore": first["f_curve"], "frames": first["fscore_frames"]}
         if "per_key" in first:  # binary keys are scored per frame whatever the protocol
             out["per_category"] = dict(sorted(first["per_key"].items()))
         per_clip: dict[str, dict[str, Any]] = {}

@@ -205,6 +205,9 @@ class BinaryMetrics:
             "frames": pooled["frames"], "fscore_frames": pooled["fscore_frames"], "batches": len(self._batch_f),
             "batch_miou": [m.item() for m in self._batch_miou], "batch_fscore": list(self._batch_f),
             "per_frame_iou": list(self._frame_iou),
+            # the mean F-curve over every frame with an object (per-frame protocol; its max is that F-score)
+            "f_curve": (self._all.f_sum / self._all.f_frames).tolist() if self._all.f_frames else [],
+            "thresholds": self.thresholds.tolist(),
         }
         if self._keys:
             out["per_key"] = {k: s.result() for k, s in self._keys.items()}
@@ -242,7 +245,8 @@ class SemanticMetrics:
     ``fscore`` (floats), ``per_class_iou``, ``per_class_fscore`` (numpy float64 ``[C]``), ``class_count``
     (numpy int64 ``[C]``: frames in which the class's union is non-zero), ``classes_seen``, ``frames``,
     ``protocol``, ``miou_seen`` / ``fscore_seen`` (means over seen classes, what the official script logs per
-    batch) and ``per_key`` ({key: same dict without per_key}) when keys were given.
+    batch), ``per_frame_miou`` (list: each scored frame's mean IoU over the classes in its label or
+    prediction) and ``per_key`` ({key: same dict without per_key}) when keys were given.
     """
 
     def __init__(self, num_classes: int = 71, protocol: str = "official") -> None:
@@ -257,6 +261,7 @@ class SemanticMetrics:
         self._count = torch.zeros(c)
         self._areas = torch.zeros(3, c, dtype=torch.float64)  # inter, pred, label over the dataset
         self._frames = 0
+        self._frame_miou: list[float] = []
         self._keys: dict[str, SemanticMetrics] = {}
 
     def update(self, logits: torch.Tensor, target: torch.Tensor, *, valid: torch.Tensor | None = None,
@@ -301,6 +306,8 @@ class SemanticMetrics:
             batch_iou += iou[i]
             batch_f += f[i]
             batch_count[union[i] != 0] += 1
+            present = union[i] != 0
+            self._frame_miou.append(float(iou[i][present].double().mean()) if bool(present.any()) else float("nan"))
         self._iou_sum += batch_iou
         self._f_sum += batch_f
         self._count += batch_count
@@ -334,6 +341,7 @@ class SemanticMetrics:
             "class_count": self._count.numpy().astype(np.int64), "classes_seen": nseen, "frames": self._frames,
             "miou_seen": float(iou_pc[seen].double().mean()) if nseen else float("nan"),
             "fscore_seen": float(f_pc[seen].double().mean()) if nseen else float("nan"),
+            "per_frame_miou": list(self._frame_miou),
         }
         if self._keys:
             out["per_key"] = {k: m.compute() for k, m in self._keys.items()}

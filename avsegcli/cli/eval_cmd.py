@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from avsegcli.cli.common import Quiet, Verbose, detail, set_verbosity
+
 PROTOCOL_CHOICES = {"official": ("official",), "per-frame": ("per-frame",), "both": ("official", "per-frame")}
 
 
@@ -118,12 +120,15 @@ def evaluate(
     workers: int = typer.Option(0, "--workers", help="Data loading processes (0 = in the main process)."),
     negative_audio: Optional[str] = typer.Option(None, "--negative-audio", help="Also score the clips with their audio replaced (comma list of silence, noise, offscreen) against empty ground truth: false-positive rate per condition, g_miou, g_fscore. With --pred: each condition's masks in DIR/<condition>/."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise and of the offscreen pairing (--negative-audio)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG plots into this folder: F-measure curve over the 255 thresholds (S4/MS3), IoU per category/clip/class (sorted), per-frame IoU histogram, FPR per --negative-audio condition."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Score mIoU and F-score on AVSBench (S4, MS3, AVSS) with the official protocol and a per-frame one."""
     from avsegcli.errors import AvsegError
     from avsegcli.evaluate import check_task, evaluate as run_eval, resolve_data_root
 
+    set_verbosity(verbose, quiet)
     check_task(task)
     if protocol not in PROTOCOL_CHOICES:
         raise AvsegError(f"--protocol must be official, per-frame or both, not {protocol!r}")
@@ -142,6 +147,8 @@ def evaluate(
         from avsegcli.predictor import Predictor
 
         predictor = Predictor(weights, device=device, precision=precision)
+        detail(f"model {predictor.model_info()}")
+    detail(f"data {root} split {split}; {'saved masks ' + str(pred) if pred is not None else 'scoring the model'}")
     kw: dict[str, Any] = dict(predictor=predictor, pred_dir=pred, protocols=PROTOCOL_CHOICES[protocol],
                               batch_clips=batch_size, save_pred=save_pred, limit=limit, image_size=image_size,
                               workers=workers, negative_audio=conditions, negative_seed=seed)
@@ -164,6 +171,13 @@ def evaluate(
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     for w in res["warnings"]:
         err.print(f"warning: {w}", markup=False)
+    if plots is not None:
+        from avsegcli.plots import write_plots
+
+        made = write_plots(res, plots)
+        if not (quiet or to_stdout):
+            err.print(f"plots: {', '.join(made.values()) or 'none apply'}", markup=False)
+    detail(f"scored in {res['seconds']} s")
     if not (quiet or to_stdout):
         out = Console()
         for t in _tables(res):
