@@ -151,19 +151,23 @@ class Predictor:
         return np.concatenate(masks) if masks else np.zeros((0, *size), np.uint8)
 
     def stream(self, path: str | Path, *, fps: float | None = None, return_probs: bool = False,
-               start: float | None = None, end: float | None = None) -> Iterator[FrameResult]:
+               start: float | None = None, end: float | None = None, audio: Any = None) -> Iterator[FrameResult]:
         """Yield one :class:`FrameResult` per sampled frame, in time order, as the model produces them.
 
         Frames are decoded, run and released one batch (``batch_size`` frames) at a time and the audio streams
         alongside, so memory does not grow with the video's length. ``fps`` defaults to the predictor's;
         ``start``/``end`` (seconds) keep only the sampled frames with ``start <= t < end`` (same masks as a
-        whole-video run for those frames). Stopping early (``break``) is fine.
+        whole-video run for those frames). Stopping early (``break``) is fine. ``audio``: ``'original'`` (or None,
+        the video's own), ``'silence'``, ``'noise'``, another media file, or an
+        :class:`~avsegcli.media.override.AudioOverride` (see :mod:`avsegcli.media.override`).
         """
         from avsegcli import media
+        from avsegcli.media.override import AudioOverride, parse_audio
 
         fps = self.fps if fps is None else fps
+        override = audio if isinstance(audio, AudioOverride) else parse_audio(audio)
         for batch in media.iter_batches(path, fps=fps, batch_size=self.batch_size, image_size=self.image_size,
-                                        via=self.via, start=start, end=end):
+                                        via=self.via, start=start, end=end, audio=override):
             masks, probs = self.to_masks(self.logits(batch.frames, batch.chunk_log_mel, batch.chunk_rows), batch.raw_size, return_probs)
             for i in range(len(batch)):
                 yield FrameResult(mask=masks[i], timestamp=float(batch.timestamps[i]), frame_index=int(batch.frame_indices[i]),
@@ -171,10 +175,10 @@ class Predictor:
                                   probs=None if probs is None else probs[i])
 
     def predict_video(self, path: str | Path, *, fps: float | None = None, return_probs: bool = False,
-                      start: float | None = None, end: float | None = None) -> VideoPrediction:
+                      start: float | None = None, end: float | None = None, audio: Any = None) -> VideoPrediction:
         """Masks of every sampled frame of a video (``fps`` defaults to the predictor's, 1 frame per second):
-        :meth:`stream` collected into arrays."""
-        frames = list(self.stream(path, fps=fps, return_probs=return_probs, start=start, end=end))
+        :meth:`stream` collected into arrays (``audio`` as there)."""
+        frames = list(self.stream(path, fps=fps, return_probs=return_probs, start=start, end=end, audio=audio))
         if not frames:
             raise AvsegError("has no frames to predict", path=path)
         return VideoPrediction(

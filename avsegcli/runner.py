@@ -86,9 +86,10 @@ class RunProgress(Protocol):
 # ---- decoding (in workers or inline) -------------------------------------------------------------------------
 
 def _decode_video(vid: int, path: str, fps: float | None, image_size: int, via: int | None, window: int,
-                  span: tuple[float | None, float | None] = (None, None)) -> Iterator[tuple]:
+                  span: tuple[float | None, float | None] = (None, None), audio: Any = None) -> Iterator[tuple]:
     """Messages for one video: ("start", vid, n, meta), ("win", vid, payload)..., ("end", vid) or ("error", vid, reason).
-    ``span``: the ``(start, end)`` seconds window (``--start/--end``; None = unbounded)."""
+    ``span``: the ``(start, end)`` seconds window (``--start/--end``; None = unbounded). ``audio``: an
+    :class:`~avsegcli.media.override.AudioOverride` (``--audio``; None = the video's own)."""
     from avsegcli import media
 
     try:
@@ -100,12 +101,13 @@ def _decode_video(vid: int, path: str, fps: float | None, image_size: int, via: 
             return
         notes = [] if info.has_audio else ["no audio track: processed with silent audio"]
         meta = {"width": info.width, "height": info.height, "fps": info.fps, "duration": info.duration,
-                "num_source_frames": info.num_frames, "has_audio": info.has_audio, "warnings": notes}
+                "num_source_frames": info.num_frames, "has_audio": info.has_audio, "warnings": notes,
+                "audio": audio.describe() if audio is not None else {"source": "original"}}
         yield ("start", vid, len(idx), meta)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", media.NoAudioWarning)  # recorded in meta["warnings"] instead
             for b in media.iter_batches(path, fps=fps, batch_size=window, image_size=image_size, via=via, info=info,
-                                        start=span[0], end=span[1], normalized=False):  # uint8 [n, S, S, 3]
+                                        start=span[0], end=span[1], normalized=False, audio=audio):  # uint8 [n, S, S, 3]
                 yield ("win", vid, {"frames": b.frames.numpy(), "timestamps": b.timestamps, "frame_indices": b.frame_indices,
                                     "chunk_indices": b.chunk_indices, "chunk_ids": b.chunk_ids,
                                     "chunk_log_mel": b.chunk_log_mel.numpy(), "chunk_rows": b.chunk_rows, "raw_size": tuple(b.raw_size)})
@@ -116,14 +118,14 @@ def _decode_video(vid: int, path: str, fps: float | None, image_size: int, via: 
         yield ("error", vid, f"cannot be decoded ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})")
 
 
-def _worker(jobs, results, fps, image_size, via, window, span=(None, None)) -> None:
+def _worker(jobs, results, fps, image_size, via, window, span=(None, None), audio=None) -> None:
     torch.set_num_threads(1)
     parent = os.getppid()
     while True:
         job = jobs.get()
         if job is None:
             return
-        for msg in _decode_video(*job, fps, image_size, via, window, span):
+        for msg in _decode_video(*job, fps, image_size, via, window, span, audio):
             while True:  # a killed parent must not leave us blocked forever
                 try:
                     results.put(msg, timeout=1.0)
@@ -133,16 +135,17 @@ def _worker(jobs, results, fps, image_size, via, window, span=(None, None)) -> N
                         return
 
 
-def _messages(jobs: list[tuple[int, str]], workers: int, fps, image_size, via, window, span=(None, None)) -> Iterator[tuple]:
+def _messages(jobs: list[tuple[int, str]], workers: int, fps, image_size, via, window, span=(None, None),
+              audio=None) -> Iterator[tuple]:
     if workers <= 0:
         for vid, path in jobs:
-            yield from _decode_video(vid, path, fps, image_size, via, window, span)
+            yield from _decode_video(vid, path, fps, image_size, via, window, span, audio)
         return
     ctx = mp.get_context("spawn")
     job_q, res_q = ctx.Queue(), ctx.Queue(maxsize=2 * workers + 2)
     for job in jobs:
         job_q.put(job)
-    procs = [ctx.Process(target=_worker, args=(job_q, res_q, fps, image_size, via, window, span), daemon=True) for _ in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(job_q, res_q, fps, image_size, via, window, span, audio), daemon=True) for _ in range(workers)]
     for p in procs:
         job_q.put(None)
         p.start()
@@ -181,10 +184,11 @@ class _Video:
 def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, fmt: str = "png", save_probs: bool = False,
                overwrite: bool = False, workers: int | None = None, fps: float | None = 1.0, progress: RunProgress | None = None,
                start: float | None = None, end: float | None = None, stems: list[str] | None = None,
-               pad_to_batch: bool = False, post_threads: int | None = None) -> list[VideoResult]:
+               pad_to_batch: bool = False, post_threads: int | None = None, audio: Any = None) -> list[VideoResult]:
     """Segment every video into ``out_dir/<stem>/``. Returns one :class:`VideoResult` per input, in input order.
     ``start``/``end`` (seconds): only the sampled frames with ``start <= t < end`` (same names, masks and audio
-    seconds as a whole-video run).
+    seconds as a whole-video run). ``audio``: what every video hears instead of its own track
+    (:func:`avsegcli.media.override.parse_audio`: silence, noise or another file; None = original; in ``meta.json``).
 
     ``workers``: decode processes (``None``: :func:`avsegcli.feed.default_workers`; 0 decodes in this process).
     Frames come from them as the resized uint8 picture and are normalised on the model's device.
@@ -292,7 +296,7 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
             progress.video_finished(vid, v.result)
 
     try:
-        for msg in _messages(jobs, workers, fps, predictor.image_size, predictor.via, window, (start, end)):
+        for msg in _messages(jobs, workers, fps, predictor.image_size, predictor.via, window, (start, end), audio):
             kind, vid = msg[0], msg[1]
             v = videos[vid]
             if kind == "start":

@@ -96,6 +96,7 @@ def run(
     sheet: bool = typer.Option(False, "--sheet", help="Also write DIR/<stem>/sheet.png: every sampled frame with its mask in one grid (as avseg render --sheet)."),
     start: Optional[float] = typer.Option(None, "--start", help="Segment only frames at or after this time (seconds on the source's timeline)."),
     end: Optional[float] = typer.Option(None, "--end", help="Segment only frames before this time (seconds)."),
+    audio: str = typer.Option("original", "--audio", help="What the model hears: original (the video's own audio), silence, noise (white, RMS 0.1, seed 0) or FILE (another file's audio from its start, looped or cut to the video's length). Recorded in meta.json."),
 ) -> None:
     """Segment the sounding objects of every sampled frame; resumable (finished videos are skipped)."""
     from avsegcli.errors import AvsegError
@@ -113,6 +114,9 @@ def run(
     from avsegcli.media.sampling import check_window
 
     check_window(start, end)
+    from avsegcli.media.override import parse_audio
+
+    override = parse_audio(audio)
     paths = collect_inputs(inputs, glob)
     if not paths:
         raise AvsegError(f"no videos found in {', '.join(inputs)}")
@@ -122,12 +126,13 @@ def run(
     t0 = time.perf_counter()
     if quiet or as_json:
         results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers, fps=fps or None,
-                             start=start, end=end)
+                             start=start, end=end, audio=override)
     else:
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=console, transient=False) as progress:
             results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers,
-                                 fps=fps or None, progress=_RichProgress(progress, len(paths)), start=start, end=end)
+                                 fps=fps or None, progress=_RichProgress(progress, len(paths)), start=start, end=end,
+                                 audio=override)
     if render:
         _render_all(results, out, console, quiet or as_json, start=start, end=end)
     if sheet:

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -168,7 +169,7 @@ class ChunkStream:
 
 def iter_batches(path: str | Path, fps: float | None = 1, batch_size: int = 32, image_size: int = 224,
                  via: int | None = None, *, info: MediaInfo | None = None, start: float | None = None,
-                 end: float | None = None, normalized: bool = True) -> Iterator[Batch]:
+                 end: float | None = None, normalized: bool = True, audio: Any = None) -> Iterator[Batch]:
     """Yield :class:`Batch` objects of ``batch_size`` sampled frames (the last may be smaller).
     ``normalized=False``: ``Batch.frames`` is the resized uint8 picture ``[N, S, S, 3]`` (before normalisation,
     see :func:`~avsegcli.media.preprocess.resize_frames`) instead of the float32 model input.
@@ -177,14 +178,17 @@ def iter_batches(path: str | Path, fps: float | None = 1, batch_size: int = 32, 
     through one ffmpeg pipe, so memory does not grow with the video's length. Same frames,
     timestamps and patches as :func:`read_clip`. Stopping early (``break``) is fine. ``start``/``end`` (seconds)
     keep only the sampled frames with ``start <= t < end``; their chunks stay ``floor(t)`` on the source's
-    timeline (the audio before the window is read through, not transformed).
+    timeline (the audio before the window is read through, not transformed). ``audio``: an
+    :class:`~avsegcli.media.override.AudioOverride` heard instead of the video's own track (``avseg run --audio``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     info = _video_info(path, info)
     idx, ts = sample_times(info, fps, start=start, end=end)
     chunks = chunk_indices(ts)
-    if info.has_audio:
+    if audio is not None:
+        stream = audio.stream()
+    elif info.has_audio:
         stream = ChunkStream(path, info.audio_streams[0].channels or None)
     else:
         stream = ChunkStream(None)
