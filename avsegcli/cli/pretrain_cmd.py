@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+
+from avsegcli.cli.common import Quiet, Verbose, set_verbosity
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -18,10 +20,12 @@ def pretrain_audio(
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Log-mel patches (seconds) per step."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and the patch order."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Train VGGish to name the sounding categories of each second of a synthetic train split."""
+    set_verbosity(verbose, quiet)
     from avsegcli.errors import AvsegError
     from avsegcli.synth.audio_pretrain import pretrain_audio as run
 

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+
+from avsegcli.cli.common import Quiet, Verbose, set_verbosity
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -48,10 +50,12 @@ def synth(
     mp4: bool = typer.Option(True, "--mp4/--no-mp4", help="Also write videos/<split>/<name>.mp4 (H.264 + AAC)."),
     workers: int = typer.Option(1, "--workers", "-j", help="Processes rendering clips (the files do not depend on it)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write over an earlier synthetic dataset of this task in --out."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no table."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Generate bouncing-shape clips whose objects make category sounds, with ground-truth masks of the sounding ones."""
+    set_verbosity(verbose, quiet)
     from avsegcli.synth import generate
 
     split_names = _names(splits)

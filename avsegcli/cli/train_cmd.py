@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+
+from avsegcli.cli.common import Quiet, Verbose, set_verbosity
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -98,10 +100,12 @@ def train(
     train_masks: Optional[str] = typer.Option(None, "--train-masks", help="S4 train split: first (the benchmark's one annotated frame per clip) or all (every mask file present, e.g. avseg synth data)."),
     negative_audio: Optional[float] = typer.Option(None, "--negative-audio", help="Probability that a training clip hears negative audio (silence, noise or another train clip's off-screen sound) with an all-empty target. Default 0."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly where it stopped."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Train AVSegFormer on AVSBench with the released recipe (resumable; several GPUs with torchrun)."""
+    set_verbosity(verbose, quiet)
     from avsegcli.engine import train as run_training
     from avsegcli.train import TrainConfig
 
@@ -114,6 +118,10 @@ def train(
         vggish_weights=_path(vggish_weights), init=_path(init), train_vggish=train_vggish, train_masks=train_masks, negative_audio=negative_audio, resume=_path(resume),
     )
     main_process = os.environ.get("RANK", "0") == "0"
+    if verbose and main_process:
+        from avsegcli.cli.common import detail
+
+        detail(f"config {config}")
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     progress = _RichTrainProgress(console, quiet=quiet or as_json or not main_process)
     try:
