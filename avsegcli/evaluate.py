@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from avsegcli.data import TASKS, make_dataset, save_binary_prediction, save_semantic_prediction
 from avsegcli.errors import AvsegError
+from avsegcli.feed import available_cores, default_workers
 from avsegcli.evaluate_pred import PredictionSource, load_targets
 from avsegcli.metrics import PROTOCOLS, BinaryMetrics, SemanticMetrics
 from avsegcli.palette import AVSS_CLASS_NAMES, NUM_AVSS_CLASSES
@@ -170,23 +171,61 @@ class _Clips(Dataset):
 
 
 @torch.inference_mode()
-def predict_batch(predictor: Any, items: list[dict[str, Any]], semantic: bool) -> torch.Tensor:
+def predict_batch(predictor: Any, items: list[dict[str, Any]], semantic: bool,
+                  forward_batch: int | None = None) -> torch.Tensor:
     """Run the model on clips concatenated to frames ``[B*T,3,S,S]`` (one log-mel patch per frame, so VGGish
-    runs once per patch; AVSS passes ``frame_valid`` so padded frames give zero logits).
+    runs once per patch; AVSS passes ``frame_valid`` so padded frames give zero logits), ``forward_batch`` frames
+    per forward (default all of them).
 
     Returns ``[B*T,S,S]`` on the CPU: float32 ``sigmoid(logit)`` for binary models, int64
-    ``argmax(softmax(logits))`` class ids for semantic ones (exactly what the metrics compute from logits).
+    ``argmax(softmax(logits))`` class ids for semantic ones (exactly what the metrics compute from logits; both
+    computed on the model's device, so only the ``[B*T,S,S]`` result crosses to the host).
     """
     dev = predictor.device
-    frames = torch.cat([it["frames"] for it in items]).to(dev)
-    log_mel = torch.cat([it["log_mel"] for it in items]).to(dev)
-    valid = torch.cat([it["frame_valid"] for it in items]).to(dev) if semantic else None
-    with predictor.autocast():
-        logits = predictor.model(frames, log_mel, frame_valid=valid)["pred_masks"]
-    logits = logits.float().cpu()
-    if semantic:
-        return torch.argmax(torch.softmax(logits, dim=1), dim=1)
-    return torch.sigmoid(logits[:, 0])
+    # per item to the device (pinned tensors from the loader copy asynchronously), concatenated there
+    frames = torch.cat([it["frames"].to(dev, non_blocking=True) for it in items])
+    log_mel = torch.cat([it["log_mel"].to(dev, non_blocking=True) for it in items])
+    valid = torch.cat([it["frame_valid"].to(dev, non_blocking=True) for it in items]) if semantic else None
+    step = frames.shape[0] if not forward_batch else max(1, int(forward_batch))
+    out = []
+    for i in range(0, frames.shape[0], step):
+        with predictor.autocast():
+            logits = predictor.model(frames[i:i + step], log_mel[i:i + step],
+                                     frame_valid=None if valid is None else valid[i:i + step])["pred_masks"]
+        logits = logits.float()
+        out.append(torch.argmax(torch.softmax(logits, dim=1), dim=1) if semantic else torch.sigmoid(logits[:, 0]))
+    return (out[0] if len(out) == 1 else torch.cat(out)).cpu()
+
+
+def _predictions(loader: Any, predictor: Any, semantic: bool, forward_batch: int | None):
+    """``(items, pred)`` per metric batch, in loader order. With a model and a ``forward_batch`` larger than a metric
+    batch, metric batches are gathered until they hold ``forward_batch`` frames, run together, and split again."""
+    held: list[list[dict[str, Any]]] = []
+
+    def run() -> list[tuple[list[dict[str, Any]], torch.Tensor]]:
+        flat = [it for items in held for it in items]
+        pred = predict_batch(predictor, flat, semantic, forward_batch)
+        out, start = [], 0
+        for items in held:
+            n = sum(int(it["frames"].shape[0]) for it in items)
+            out.append((items, pred[start:start + n]))
+            start += n
+        held.clear()
+        return out
+
+    for items in loader:
+        for it in items:
+            if isinstance(it, AvsegError):
+                raise it
+        if predictor is None:
+            pred = torch.cat([it["pred"] for it in items])
+            yield items, (pred.long() if semantic else pred.float())
+            continue
+        held.append(items)
+        if sum(int(it["frames"].shape[0]) for b in held for it in b) >= (forward_batch or 0):
+            yield from run()
+    if held:
+        yield from run()
 
 
 def _save(items: list[dict[str, Any]], pred: torch.Tensor, save_dir: Path, semantic: bool) -> None:
@@ -206,16 +245,20 @@ def _save(items: list[dict[str, Any]], pred: torch.Tensor, save_dir: Path, seman
 def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any = None,
              pred_dir: str | Path | None = None, protocols: Sequence[str] = PROTOCOLS,
              batch_clips: int | None = None, save_pred: str | Path | None = None, progress: Progress | None = None,
-             limit: int | None = None, image_size: int | None = None, workers: int = 0,
-             dataset_kw: dict[str, Any] | None = None, negative_audio: Sequence[str] = (),
+             limit: int | None = None, image_size: int | None = None, workers: int | None = None,
+             forward_batch: int | None = None, dataset_kw: dict[str, Any] | None = None, negative_audio: Sequence[str] = (),
              negative_seed: int = 0) -> dict[str, Any]:
     """Score ``predictor`` (a :class:`~avsegcli.predictor.Predictor`) or the masks in ``pred_dir`` on a split.
 
-    ``batch_clips``: clips per metric batch (default 2 for S4/MS3 = the official 10 frames, 4 for AVSS); with a
-    predictor it is also the forward batch. ``image_size``: scoring size; default the checkpoint's, or for saved
+    ``batch_clips``: clips per metric batch (default 2 for S4/MS3 = the official 10 frames, 4 for AVSS).
+    ``forward_batch``: frames per forward pass with a predictor, independent of the metric batch (default: one
+    metric batch per forward); larger values run several metric batches together, which are then scored one by one
+    exactly as before. ``image_size``: scoring size; default the checkpoint's, or for saved
     masks their own size when square, else the task's (512 S4/MS3, 224 AVSS). ``save_pred``: with a predictor,
     also write its masks in the benchmark's layout. ``limit``: first N clips only. ``progress(done, total)``
-    is called after each batch. ``workers``: data-loading processes. ``dataset_kw`` goes to the dataset (e.g.
+    is called after each batch. ``workers``: data-loading processes (default: none on machines with 2 cores or
+    fewer, else :func:`avsegcli.feed.default_workers`, at most 8; pinned memory when the model is on CUDA).
+    ``dataset_kw`` goes to the dataset (e.g.
     ``log_mel_fn`` for AVSS). ``negative_audio`` (conditions of :mod:`avsegcli.negative_audio`) also scores the
     clips with replaced audio against empty ground truth (:mod:`avsegcli.evaluate_negative`; seeded by
     ``negative_seed``), adding ``negative_audio``, ``g_miou``, ``g_fscore`` and ``negative_audio_info``.
@@ -268,22 +311,23 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
                                        save_dir=save_dir)
         warnings += negative.warnings
     clips = _Clips(ds, indices, source, size)
+    if forward_batch is not None and int(forward_batch) < 1:
+        raise AvsegError(f"forward batch must be at least 1 frame, got {forward_batch}")
+    on_cuda = predictor is not None and predictor.device.type == "cuda"
+    if workers is None:
+        batches = -(-len(indices) // batch_clips)
+        workers = 0 if available_cores() <= 2 else min(8, default_workers(predictor.device if predictor is not None
+                                                                          else "cpu", jobs=batches))
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True
     loader = DataLoader(clips, batch_size=batch_clips, shuffle=False, num_workers=max(0, int(workers)),
-                        collate_fn=list)
+                        collate_fn=list, pin_memory=on_cuda)
     done = 0
     if progress:
         progress(0, len(indices))
-    for items in loader:
-        for it in items:
-            if isinstance(it, AvsegError):
-                raise it
-        if predictor is not None:
-            pred = predict_batch(predictor, items, semantic)
-            if save_dir is not None:
-                _save(items, pred, save_dir, semantic)
-        else:
-            pred = torch.cat([it["pred"] for it in items])
-            pred = pred.long() if semantic else pred.float()
+    for items, pred in _predictions(loader, predictor, semantic, forward_batch):
+        if predictor is not None and save_dir is not None:
+            _save(items, pred, save_dir, semantic)
         scorer.add(items, pred)
         if negative is not None:
             negative.add(items, pred, predictor)

@@ -117,7 +117,8 @@ def evaluate(
     json_out: Optional[str] = typer.Option(None, "--json", help="Write every number as JSON to this file ('-' for stdout, no table)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N clips of the split."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Scoring size in pixels (default: the checkpoint's; with --pred the saved masks' own size when square, else 512 S4/MS3, 224 AVSS)."),
-    workers: int = typer.Option(0, "--workers", help="Data loading processes (0 = in the main process)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data loading processes (0 = in the main process; default from the cores: none with 2 or fewer)."),
+    forward_batch: Optional[int] = typer.Option(None, "--forward-batch", help="Frames per forward pass, independent of the metric batch (default: one metric batch; e.g. 32 on a GPU)."),
     negative_audio: Optional[str] = typer.Option(None, "--negative-audio", help="Also score the clips with their audio replaced (comma list of silence, noise, offscreen) against empty ground truth: false-positive rate per condition, g_miou, g_fscore. With --pred: each condition's masks in DIR/<condition>/."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise and of the offscreen pairing (--negative-audio)."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG plots into this folder: F-measure curve over the 255 thresholds (S4/MS3), IoU per category/clip/class (sorted), per-frame IoU histogram, FPR per --negative-audio condition."),
@@ -151,7 +152,7 @@ def evaluate(
     detail(f"data {root} split {split}; {'saved masks ' + str(pred) if pred is not None else 'scoring the model'}")
     kw: dict[str, Any] = dict(predictor=predictor, pred_dir=pred, protocols=PROTOCOL_CHOICES[protocol],
                               batch_clips=batch_size, save_pred=save_pred, limit=limit, image_size=image_size,
-                              workers=workers, negative_audio=conditions, negative_seed=seed)
+                              workers=workers, forward_batch=forward_batch, negative_audio=conditions, negative_seed=seed)
     to_stdout = json_out == "-"
     if quiet or to_stdout:
         res = run_eval(task, root, split, **kw)
