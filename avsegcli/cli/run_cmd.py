@@ -96,6 +96,11 @@ def run(
     sheet: bool = typer.Option(False, "--sheet", help="Also write DIR/<stem>/sheet.png: every sampled frame with its mask in one grid (as avseg render --sheet)."),
     start: Optional[float] = typer.Option(None, "--start", help="Segment only frames at or after this time (seconds on the source's timeline)."),
     end: Optional[float] = typer.Option(None, "--end", help="Segment only frames before this time (seconds)."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (the [ray] extra): local (start an instance on this machine), auto (the cluster joined with `ray start`), host:port or ray://host:port. --out must be shared by every node."),
+    ray_actors: int = typer.Option(0, "--ray-actors", help="With --ray: actors, each with its own loaded model and decoding inline (0 = as many as the cluster's GPUs, or CPUs, allow)."),
+    ray_gpus_per_actor: Optional[float] = typer.Option(None, "--ray-gpus-per-actor", help="With --ray: GPUs per actor (0.25 = four actors share a GPU; default 1 when the cluster has GPUs, else 0)."),
+    ray_cpus_per_actor: float = typer.Option(1.0, "--ray-cpus-per-actor", help="With --ray: CPU cores per actor."),
+    ray_retries: int = typer.Option(3, "--ray-retries", help="With --ray: times a video is given to another actor after its actor or node was lost."),
     audio: str = typer.Option("original", "--audio", help="What the model hears: original (the video's own audio), silence, noise (white, RMS 0.1, seed 0) or FILE (another file's audio from its start, looped or cut to the video's length). Recorded in meta.json."),
 ) -> None:
     """Segment the sounding objects of every sampled frame; resumable (finished videos are skipped)."""
@@ -117,30 +122,46 @@ def run(
     from avsegcli.media.override import parse_audio
 
     override = parse_audio(audio)
+    if ray is not None:
+        from avsegcli.cli.run_ray import check_ray_flags
+
+        check_ray_flags(ray_actors, ray_gpus_per_actor, ray_cpus_per_actor, ray_retries)  # and that Ray is installed
     paths = collect_inputs(inputs, glob)
     if not paths:
         raise AvsegError(f"no videos found in {', '.join(inputs)}")
-    predictor = Predictor(weights, device=device, precision=precision, batch_size=batch_size, fps=fps or None)
-    detail(f"{len(paths)} video(s); model {predictor.model_info()}")
     console = Console(stderr=True)
-    t0 = time.perf_counter()
-    if quiet or as_json:
-        results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers, fps=fps or None,
-                             start=start, end=end, audio=override)
+    extra: dict = {}
+    if ray is not None:  # the same videos, outputs and rules, spread over Ray actors (avsegcli/ray_runner.py)
+        from avsegcli.cli.run_ray import run_with_ray
+
+        t0 = time.perf_counter()
+        results, model_info, extra = run_with_ray(
+            paths, out, address=ray, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor, cpus_per_actor=ray_cpus_per_actor,
+            retries=ray_retries, console=console, show=not (quiet or as_json),
+            predictor_kwargs=dict(weights=weights, device=device, precision=precision, batch_size=batch_size, fps=fps or None),
+            run_kwargs=dict(fmt=fmt, save_probs=save_probs, overwrite=overwrite, fps=fps or None, start=start, end=end, audio=override))
     else:
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console, transient=False) as progress:
-            results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers,
-                                 fps=fps or None, progress=_RichProgress(progress, len(paths)), start=start, end=end,
-                                 audio=override)
+        predictor = Predictor(weights, device=device, precision=precision, batch_size=batch_size, fps=fps or None)
+        model_info = predictor.model_info()
+        detail(f"{len(paths)} video(s); model {model_info}")
+        t0 = time.perf_counter()
+        if quiet or as_json:
+            results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers, fps=fps or None,
+                                 start=start, end=end, audio=override)
+        else:
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+            with Progress(*columns, console=console, transient=False) as progress:
+                results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers,
+                                     fps=fps or None, progress=_RichProgress(progress, len(paths)), start=start, end=end,
+                                     audio=override)
     if render:
         _render_all(results, out, console, quiet or as_json, start=start, end=end)
     if sheet:
         _sheet_all(results, out, console, quiet or as_json)
     seconds = time.perf_counter() - t0
     frames = sum(r.frames for r in results)
-    summary_path = write_summary(results, out, {"model": predictor.model_info(), "seconds": round(seconds, 3),
-                                                "frames_per_second": round(frames / seconds, 4) if seconds else None})
+    summary_path = write_summary(results, out, {"model": model_info, "seconds": round(seconds, 3),
+                                                "frames_per_second": round(frames / seconds, 4) if seconds else None, **extra})
     failed = [r for r in results if r.status == "failed"]
     if as_json:
         print(summary_path.read_text())

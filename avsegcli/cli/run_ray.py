@@ -31,12 +31,23 @@ class _RichRayProgress:
             self.p.update(self.nodes[ip], description=f"  node {ip}: {rec['videos']} videos, {rec['frames']} frames")
 
 
+def check_ray_flags(actors: int, gpus_per_actor: float | None, cpus_per_actor: float, retries: int) -> None:
+    """Usage errors (exit 2) before any work: Ray not installed (with how to install it), impossible numbers."""
+    from avsegcli.errors import AvsegError
+    from avsegcli.ray_runner import import_ray
+
+    import_ray()
+    if actors < 0 or retries < 0:
+        raise AvsegError("--ray-actors and --ray-retries must be 0 or more")
+    if not cpus_per_actor > 0 or not (gpus_per_actor or 0) >= 0:
+        raise AvsegError("--ray-cpus-per-actor must be above 0 and --ray-gpus-per-actor not negative")
+
+
 def run_with_ray(paths: list[Path], out: Path, *, address: str, actors: int, gpus_per_actor: float | None, cpus_per_actor: float,
                  retries: int, predictor_kwargs: dict[str, Any], run_kwargs: dict[str, Any], console: Console, show: bool):
     """Returns ``(results, model_info, summary_extra)`` for ``avseg run``'s shared table, summary and exit code."""
-    from avsegcli.ray_runner import RayOptions, import_ray, run_on_ray
+    from avsegcli.ray_runner import RayOptions, run_on_ray
 
-    import_ray()  # the install hint before anything else
     opts = RayOptions(address=address, actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, retries=retries)
     kwargs = {"predictor_kwargs": predictor_kwargs, "run_kwargs": run_kwargs, "options": opts}
     if not show:
