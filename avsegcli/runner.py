@@ -27,31 +27,21 @@ import torch
 from avsegcli import __version__
 from avsegcli.errors import AvsegError
 from avsegcli.feed import available_cores, default_workers, stage
-from avsegcli.maskio import VideoMaskWriter, is_complete
+from avsegcli.maskio import VideoMaskWriter
 from avsegcli.predictor import Predictor
+from avsegcli.runguard import VideoLocks, resume_decision, source_identity, write_failure
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp", ".ogv")
 
 
-def collect_inputs(inputs: list[str], glob: str | None = None) -> list[Path]:
+def collect_inputs(inputs: list[str], glob: str | None = None, *, exclude: str | Path | None = None) -> list[Path]:
     """Files as given, folders searched recursively (``glob`` or the common video extensions), ``@list.txt``
-    files read one path per line (blank lines and ``#`` comments skipped). Order kept, duplicates dropped."""
-    out: list[Path] = []
-    for item in inputs:
-        if item.startswith("@"):
-            lst = Path(item[1:])
-            if not lst.is_file():
-                raise AvsegError("no such list file", path=lst)
-            lines = [ln.strip() for ln in lst.read_text().splitlines()]
-            out += [(lst.parent / ln) if not Path(ln).is_absolute() else Path(ln) for ln in lines if ln and not ln.startswith("#")]
-        elif Path(item).is_dir():
-            root = Path(item)
-            found = root.rglob(glob) if glob else (p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
-            out += sorted(p for p in found if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
-        else:
-            out.append(Path(item))  # a missing file is reported as that video's failure, not a crash
-    seen: set[Path] = set()
-    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+    files read one path per line (blank lines and ``#`` comments skipped). Order kept, duplicates dropped.
+    Folder scans skip ``exclude`` (the ``--out`` folder) and every avseg output folder; missing files, symlink
+    loops and unreadable entries stay in the list and fail as that input (:func:`avsegcli.runguard.find_inputs`)."""
+    from avsegcli.runguard import find_inputs
+
+    return find_inputs(inputs, glob, VIDEO_EXTENSIONS, exclude=exclude)
 
 
 def output_stems(paths: list[Path]) -> list[str]:
@@ -119,8 +109,11 @@ def _decode_video(vid: int, path: str, fps: float | None, image_size: int, via: 
 
 
 def _worker(jobs, results, fps, image_size, via, window, span=(None, None), audio=None) -> None:
-    torch.set_num_threads(1)
+    from avsegcli.runguard import guard_worker
+
     parent = os.getppid()
+    guard_worker(parent)  # exits once the run's process is gone (any signal); decoder noise off the terminal
+    torch.set_num_threads(1)
     while True:
         job = jobs.get()
         if job is None:
@@ -178,6 +171,7 @@ class _Video:
     expected: int = -1
     written: int = 0
     ended: bool = False
+    write_error: str = ""  # set by a writer thread when the disk refused this video's masks
     t0: float = 0.0
 
 
@@ -202,12 +196,20 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
     stems = output_stems(paths) if stems is None else list(stems)  # the Ray runner passes each video's own stem
     videos = [_Video(VideoResult(path=str(p), stem=s, status="pending")) for p, s in zip(paths, stems)]
     jobs = []
+    locks = VideoLocks(out_dir)  # a second run into the same --out skips what this one holds (and vice versa)
+    identities: dict[int, dict | None] = {}
     for vid, (v, p) in enumerate(zip(videos, paths)):
-        if not overwrite and is_complete(out_dir / v.result.stem):
+        if locks.acquire(v.result.stem) is False:
             v.result.status = "skipped"
-            v.result.reason = "already done (meta.json exists; --overwrite redoes it)"
-        else:
+            v.result.reason = f"in progress in another avseg run into the same --out{locks.holder(v.result.stem)}"
+            continue
+        identities[vid] = source_identity(p)
+        decision, reason = ("run", "") if overwrite else resume_decision(out_dir / v.result.stem, p, identities[vid])
+        if decision == "run":
             jobs.append((vid, str(p)))
+        else:
+            v.result.status, v.result.reason = ("skipped" if decision == "skip" else "failed"), reason
+            locks.release(v.result.stem)
     window = max(1, min(predictor.batch_size, 64))
     pending: list[tuple[int, int, dict[str, Any]]] = []  # (vid, row, window payload)
     model_info = predictor.model_info()
@@ -231,8 +233,14 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
             masks, probs = predictor.to_masks(sel, size, with_probs=save_probs)
             for j, i in enumerate(idx):
                 vid, row, w = live[i]
-                videos[vid].writer.add(frame_index=int(w["frame_indices"][row]), timestamp=float(w["timestamps"][row]),
-                                       chunk=int(w["chunk_indices"][row]), mask=masks[j], probs=None if probs is None else probs[j])
+                v = videos[vid]
+                if v.write_error:
+                    continue
+                try:
+                    v.writer.add(frame_index=int(w["frame_indices"][row]), timestamp=float(w["timestamps"][row]),
+                                 chunk=int(w["chunk_indices"][row]), mask=masks[j], probs=None if probs is None else probs[j])
+                except OSError as err:  # disk full, read-only...: that video fails cleanly, the run goes on
+                    v.write_error = write_failure(err, out_dir / v.result.stem)
 
     def complete(limit: int) -> None:
         """Account for finished post-processing jobs, oldest first, until at most ``limit`` are in flight (a failed
@@ -245,6 +253,8 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
                 videos[vid].written += 1
                 if progress:
                     progress.frames_done(vid, 1)
+                if videos[vid].write_error and videos[vid].result.status == "pending":
+                    fail(vid, videos[vid].write_error)
                 maybe_finish(vid)
 
     def flush(force: bool) -> None:
@@ -280,18 +290,26 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
         v.result.seconds = round(time.perf_counter() - v.t0, 3)
         meta = {"source": str(Path(v.result.path).resolve()), **v.meta, "sample_fps": fps, "window": {"start": start, "end": end},
                 "model": model_info,
-                "avseg_version": __version__, "seconds": v.result.seconds}
-        v.writer.finish(meta)
+                "avseg_version": __version__, "seconds": v.result.seconds, "source_identity": identities.get(vid)}
+        try:
+            v.writer.finish(meta)
+        except OSError as err:
+            fail(vid, write_failure(err, out_dir / v.result.stem))
+            return
+        locks.release(v.result.stem)
         v.result.status, v.result.frames = "done", v.written
         if progress:
             progress.video_finished(vid, v.result)
 
     def fail(vid: int, reason: str) -> None:
         v = videos[vid]
+        if v.result.status != "pending":
+            return
+        v.result.status, v.result.reason = "failed", reason
         if v.writer is not None:
             complete(0)  # no job may still be writing into the folder we remove
             v.writer.abort()
-        v.result.status, v.result.reason = "failed", reason
+        locks.release(v.result.stem)
         if progress:
             progress.video_finished(vid, v.result)
 
@@ -302,7 +320,11 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
             if kind == "start":
                 v.expected, v.meta, v.t0 = msg[2], msg[3], time.perf_counter()
                 v.result.has_audio, v.result.warnings = msg[3]["has_audio"], msg[3]["warnings"]
-                v.writer = VideoMaskWriter(out_dir, v.result.stem, fmt=fmt, semantic=predictor.semantic, save_probs=save_probs)
+                try:
+                    v.writer = VideoMaskWriter(out_dir, v.result.stem, fmt=fmt, semantic=predictor.semantic, save_probs=save_probs)
+                except OSError as err:
+                    fail(vid, write_failure(err, out_dir / v.result.stem))
+                    continue
                 if progress:
                     progress.video_started(vid, Path(v.result.path).name, v.expected)
             elif kind == "win":
@@ -321,6 +343,7 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        locks.release_all()
     for vid, v in enumerate(videos):
         if v.result.status == "pending":  # cannot happen unless a worker died silently
             fail(vid, "decoding stopped before the end of the video")
@@ -336,7 +359,7 @@ def write_summary(results: list[VideoResult], out_dir: str | Path, extra: dict[s
             "counts": {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")},
             "frames": sum(r.frames for r in results)}
     path = Path(out_dir) / "summary.json"
-    tmp = path.with_name("summary.json.tmp")
+    tmp = path.with_name(f".summary.json.{os.getpid()}.tmp")  # two runs into one --out must not share it
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
     return path

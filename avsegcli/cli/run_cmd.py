@@ -74,6 +74,10 @@ def _render_all(results, out: Path, console: Console, quiet: bool, start: float 
                 console.print(f"rendered {stats['out']} ({stats['frames']} frames)", markup=False, highlight=False)
         except AvsegError as err:
             r.status, r.reason = "failed", f"render: {err.reason}"
+        except OSError as err:  # the disk filled up or went read-only
+            from avsegcli.runguard import os_reason
+
+            r.status, r.reason = "failed", f"render: cannot write {out / r.stem / 'overlay.mp4'} ({os_reason(err)})"
 
 
 def run(
@@ -84,7 +88,7 @@ def run(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (autocast; fp32 on CPU unless asked)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Frames per forward pass, across videos."),
-    workers: int = typer.Option(1, "--workers", help="Decode processes (0 = decode in the main process)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (0 = decode in the main process; default from the cores: all but one with CUDA, a quarter on the CPU, at least 1)."),
     glob: Optional[str] = typer.Option(None, "--glob", help="File pattern inside folders (default: common video extensions)."),
     fmt: str = typer.Option("png", "--format", help="png (one image per frame), npz (one array per video), rle (masks.json: COCO RLE, YouTube-VIS-like) or all."),
     save_probs: bool = typer.Option(False, "--save-probs", help="With --format npz (or all): also store probabilities."),
@@ -113,8 +117,9 @@ def run(
         raise AvsegError(f"--format must be png, npz, rle or all, not {fmt!r}")
     if save_probs and fmt not in ("npz", "all"):
         raise AvsegError("--save-probs needs --format npz (or all)")
-    if fps < 0:
-        raise AvsegError("--fps must be positive (or 0 for every frame)")
+    from avsegcli.runguard import check_out_dir, check_run_flags
+
+    check_run_flags(fps=fps, batch_size=batch_size, workers=workers)  # nan, inf, negative...: usage errors
     set_verbosity(verbose, quiet)
     from avsegcli.media.sampling import check_window
 
@@ -126,9 +131,10 @@ def run(
         from avsegcli.cli.run_ray import check_ray_flags
 
         check_ray_flags(ray_actors, ray_gpus_per_actor, ray_cpus_per_actor, ray_retries)  # and that Ray is installed
-    paths = collect_inputs(inputs, glob)
+    paths = collect_inputs(inputs, glob, exclude=out)  # never our own outputs (masks, overlay.mp4)
     if not paths:
         raise AvsegError(f"no videos found in {', '.join(inputs)}")
+    out = check_out_dir(out)  # a file, not creatable, read-only, full: usage error before any work
     console = Console(stderr=True)
     extra: dict = {}
     if ray is not None:  # the same videos, outputs and rules, spread over Ray actors (avsegcli/ray_runner.py)
@@ -160,10 +166,17 @@ def run(
         _sheet_all(results, out, console, quiet or as_json)
     seconds = time.perf_counter() - t0
     frames = sum(r.frames for r in results)
-    summary_path = write_summary(results, out, {"model": model_info, "seconds": round(seconds, 3),
-                                                "frames_per_second": round(frames / seconds, 4) if seconds else None, **extra})
+    try:
+        summary_path = write_summary(results, out, {"model": model_info, "seconds": round(seconds, 3),
+                                                    "frames_per_second": round(frames / seconds, 4) if seconds else None, **extra})
+    except OSError as exc:  # the disk filled up or went read-only at the very end
+        from avsegcli.runguard import os_reason
+
+        summary_path, summary_error = None, f"error: {out / 'summary.json'}: cannot write the run summary ({os_reason(exc)})"
+    else:
+        summary_error = ""
     failed = [r for r in results if r.status == "failed"]
-    if as_json:
+    if as_json and summary_path is not None:
         print(summary_path.read_text())
     elif not quiet:
         table = Table(title=f"avseg run: {out}")
@@ -180,9 +193,11 @@ def run(
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     for r in failed:
         err.print(f"error: {r.path}: {r.reason}", markup=False)
+    if summary_error:
+        err.print(summary_error, markup=False)
     for r in results:
         if r.status != "failed":
             detail(f"{r.path}: {r.status}{f' ({r.reason})' if r.reason else ''}; {r.frames} frames"
                    + (f"; {'; '.join(r.warnings)}" if r.warnings else ""))
-    if failed:
+    if failed or summary_error:
         raise typer.Exit(1)

@@ -100,6 +100,22 @@ def scan_packets(path: str | Path) -> dict:
     return {"times": times, "keyframes": keyframes, "codec": codec, "width": width, "height": height, "fps": fps}
 
 
+def locate_damage(path: str | Path, timeout: float = 10 * PROBE_TIMEOUT_S) -> int | None:
+    """Where ffmpeg's decoder first fails on ``path``'s first video stream: the number of frames it decoded before
+    (``-xerror``, one thread, so the count is exact), or None when it decodes the whole stream without an error."""
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-threads", "1", "-xerror", "-i", str(path),
+           "-map", "0:v:0", "-f", "framecrc", "pipe:1"]
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return 0
+    frames = sum(1 for ln in proc.stdout.decode("utf-8", errors="replace").splitlines() if ln and not ln.startswith("#"))
+    if proc.returncode == 0 and not proc.stderr.strip():
+        return None
+    return frames
+
+
 class FFmpegFrames:
     """Frames of ``path``'s first video stream decoded by ffmpeg; same attributes as decord's reader wrapper:
     ``num_frames``, ``fps`` (average), ``frame_times`` ``[N]`` float64 s, ``frame_size`` ``(H, W)``."""

@@ -156,15 +156,34 @@ def _parse_listing(stderr: str) -> _Listing:
 
 def check_file(path: str | Path) -> Path:
     """Fail early, with a clear reason, for a path that is missing, not a file, or empty."""
+    import errno
+    import stat
+
     p = Path(path)
-    if not p.exists():
-        raise MediaError("file not found", path=p)
-    if not p.is_file():
-        raise MediaError("not a regular file", path=p)
-    if p.stat().st_size == 0:
+    try:
+        st = os.stat(p)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise MediaError("symbolic link loop (too many levels of symbolic links)", path=p) from None
+        if err.errno == errno.ENOENT:
+            reason = "broken symbolic link (its target does not exist)" if os.path.islink(p) else "file not found"
+            raise MediaError(reason, path=p) from None
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise MediaError("cannot be read (permission denied)", path=p) from None
+        if err.errno == errno.ENAMETOOLONG:
+            raise MediaError("file name too long", path=p) from None
+        raise MediaError(f"cannot be read ({err.strerror or err})", path=p) from None
+    if stat.S_ISDIR(st.st_mode) and not os.access(p, os.R_OK | os.X_OK):
+        raise MediaError("a folder that cannot be read (permission denied)", path=p)
+    if not stat.S_ISREG(st.st_mode):
+        raise MediaError("not a regular file (a folder)" if stat.S_ISDIR(st.st_mode) else "not a regular file", path=p)
+    if st.st_size == 0:
         raise MediaError("file is empty (0 bytes)", path=p)
-    if not os.access(p, os.R_OK):
-        raise MediaError("file is not readable (permission denied)", path=p)
+    try:
+        with open(p, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise MediaError(f"file is not readable ({err.strerror or err})", path=p) from None
     return p
 
 

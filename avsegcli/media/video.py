@@ -241,22 +241,17 @@ class VideoSource:
                 self._threads = 1
                 self._vr = self._open(1)
                 return self.get(idx)
-            raise MediaError(f"damaged at frame {self._first_bad(idx)} of {self.num_frames} "
-                             f"({_reason(err)})", path=self.path) from None
+            # where is the damage? ffmpeg decodes single-threaded up to its first error (decord's reader runs
+            # ahead of the frames asked for, so its failure does not say which frame is bad)
+            from avsegcli.media.ffdecode import locate_damage
 
-    def _first_bad(self, idx: list[int]) -> int:
-        """After a failed window: the first of ``idx`` that decord cannot decode alone (reopened reader)."""
-        try:
             self._vr = None
-            self._vr = self._open(1)
-            for i in sorted(set(idx)):
-                try:
-                    self._vr.get_batch([i])
-                except Exception:
-                    return i
-        except Exception:
-            pass
-        return idx[0]
+            at = locate_damage(self.path)
+            if at is None and self._choice != "decord":  # ffmpeg decodes it all without an error: let it
+                self._use_ffmpeg()
+                return self._ff.get(idx)
+            where = f"at frame {at} of {self.num_frames}" if at is not None else f"near frame {idx[0]} of {self.num_frames}"
+            raise MediaError(f"damaged {where} (the decoder rejected its data)", path=self.path) from None
 
     def release_buffers(self, budget_mb: float | None = DECODER_MEMORY_BUDGET_MB) -> bool:
         """Reopen the decord reader if the process grew by more than ``budget_mb`` MiB since it
