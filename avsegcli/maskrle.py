@@ -73,6 +73,8 @@ def encode_segments(mask: np.ndarray, semantic: bool, class_names: Sequence[str]
 
 def decode_segments(segments: list[dict[str, Any]], size: tuple[int, int], semantic: bool) -> np.ndarray:
     """Inverse of :func:`encode_segments`: ``[H, W]`` uint8 (0/1 or class ids; a later segment wins overlaps)."""
+    import warnings
+
     from pycocotools import mask as cocomask
 
     out = np.zeros(size, dtype=np.uint8)
@@ -81,7 +83,9 @@ def decode_segments(segments: list[dict[str, Any]], size: tuple[int, int], seman
         if [int(s) for s in rle["size"]] != list(size):
             raise ValueError(f"segment of size {rle['size']} in a {list(size)} video")
         counts = rle["counts"]
-        m = cocomask.decode({"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
+        with warnings.catch_warnings():  # pycocotools 2.0.x on numpy 2: a DeprecationWarning inside its decode
+            warnings.simplefilter("ignore", DeprecationWarning)
+            m = cocomask.decode({"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
         out[m.astype(bool)] = int(seg["category_id"]) if semantic else 1
     return out
 
