@@ -80,12 +80,48 @@ def test_gradients_match_explicit_loops():
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
 
 
-def test_float32_and_module_shapes():
+def test_module_matches_explicit_loops():
+    """MSDeformAttn as a whole (value projection, offsets in pixels of each level normalised by (W_l, H_l) and added
+    to the reference points, softmax over levels x points per head, output projection) against the same maths
+    written as loops in float64, with random weights so that offsets and weights are not their initial values."""
     from avsegcli.modeling.deform_attn import MSDeformAttn
 
-    attn = MSDeformAttn(dim=16, num_levels=2, num_heads=2, num_points=3)
+    torch.manual_seed(0)
+    dim, heads, levels, points = 8, 2, 2, 3
+    mod = MSDeformAttn(dim=dim, num_levels=levels, num_heads=heads, num_points=points)
+    with torch.no_grad():
+        for prm in mod.parameters():
+            prm.copy_(torch.randn_like(prm) * 0.5)
+        mod.sampling_offsets.bias.mul_(4)  # offsets of a few pixels, some leaving the map
     s = sum(h * w for h, w in SHAPES)
-    value = torch.randn(2, s, 16)
-    ref = torch.rand(2, s, 2, 2)
-    out = attn(value, ref, value, SHAPES)
-    assert out.shape == (2, s, 16) and out.dtype == torch.float32
+    n, lq = 2, 4
+    query, value = torch.randn(n, lq, dim), torch.randn(n, s, dim)
+    ref = torch.rand(n, lq, levels, 2)
+    out = mod(query, ref, value, SHAPES)
+    assert out.shape == (n, lq, dim) and out.dtype == torch.float32
+
+    P = {k: v.double() for k, v in mod.state_dict().items()}
+    q64, v64, r64 = query.double(), value.double(), ref.double()
+    hd = dim // heads
+    want = torch.zeros(n, lq, dim, dtype=torch.float64)
+    starts = [0, SHAPES[0][0] * SHAPES[0][1]]
+    for b in range(n):
+        vproj = v64[b] @ P["value_proj.weight"].T + P["value_proj.bias"]  # [S, dim]
+        for q in range(lq):
+            off = (P["sampling_offsets.weight"] @ q64[b, q] + P["sampling_offsets.bias"]).view(heads, levels, points, 2)
+            logit = (P["attention_weights.weight"] @ q64[b, q] + P["attention_weights.bias"]).view(heads, levels * points)
+            cat = []
+            for m in range(heads):
+                w = torch.exp(logit[m]) / torch.exp(logit[m]).sum()  # softmax over levels x points, per head
+                acc = torch.zeros(hd, dtype=torch.float64)
+                for lvl, (h, wd) in enumerate(SHAPES):
+                    img = vproj[starts[lvl]:starts[lvl] + h * wd, m * hd:(m + 1) * hd].T.reshape(hd, h, wd)
+                    for pt in range(points):
+                        x = r64[b, q, lvl, 0] + off[m, lvl, pt, 0] / wd  # offsets are in pixels of this level
+                        y = r64[b, q, lvl, 1] + off[m, lvl, pt, 1] / h
+                        acc = acc + w[lvl * points + pt] * _bilinear(img, x, y)
+                cat.append(acc)
+            want[b, q] = P["output_proj.weight"] @ torch.cat(cat) + P["output_proj.bias"]
+    err = float((out.detach().double() - want).abs().max())
+    print(f"module vs loops: max abs difference {err:.2e}")
+    assert err < 2e-6, err  # float32 module against float64 loops: measured 2.0e-7
