@@ -190,7 +190,7 @@ def test_odd_size_side_by_side_reencodes_audio(tmp_path_factory, tmp_path):
     assert abs(got.duration - media.probe(src).duration) <= 0.1 + 0.05
 
 
-def test_cli_render_flags(video, tmp_path):
+def test_cli_render_flags(video, source_frames, tmp_path):
     from typer.testing import CliRunner
     import typer
 
@@ -205,7 +205,17 @@ def test_cli_render_flags(video, tmp_path):
     assert res.exit_code == 0, res.output
     assert "75 frames at 25/1 fps" in res.output
     assert len(list((tmp_path / "f").glob("*.png"))) == 75
-    assert Image.open(tmp_path / "f" / "000000.png").size == (2 * W, H)
+    # each flag reached the drawing: frame i is exactly the side-by-side overlay of the nearest mask (masks at
+    # 0.92, 1.92, 2.92 s: frames 0..35 -> 0, 36..60 -> 1, 61.. -> 2), alpha 0.3, no contour
+    for i in (0, 24, 35, 36, 60, 61, 74):
+        k = 0 if i <= 35 else (1 if i <= 60 else 2)
+        got = np.asarray(Image.open(tmp_path / "f" / f"{i:06d}.png"))
+        want, _ = draw_overlay(source_frames[i], square(k), alpha=0.3, contour=False, side_by_side=True)
+        assert got.shape == (H, 2 * W, 3) and (got == want).all(), i
+    got35 = np.asarray(Image.open(tmp_path / "f" / "000035.png"))
+    for other in (dict(alpha=0.5, contour=False), dict(alpha=0.3, contour=True)):  # the defaults would differ
+        assert not (draw_overlay(source_frames[35], square(0), side_by_side=True, **other)[0] == got35).all(), other
+    assert not (draw_overlay(source_frames[35], square(1), alpha=0.3, contour=False, side_by_side=True)[0] == got35).all()
     assert CliRunner().invoke(app, ["render", str(video), str(masks), "--alpha", "2"]).exit_code == 2
 
 
@@ -297,9 +307,21 @@ def make_sample(path: Path, scale: float = 1.5) -> list[str]:
 
 
 def test_sample_image(tmp_path):
+    """The README's sample is what make_sample draws today (pixel for pixel against the committed PNG), and its
+    pixels are right: the sounding man blended with his class colour, the silent sun untouched."""
     names = make_sample(tmp_path / "s.png")
     assert names == ["dog", "guitar", "man"]
     assert (tmp_path / "s.png").stat().st_size < 200_000
+    got = np.asarray(Image.open(tmp_path / "s.png").convert("RGB"))
+    committed = Path(__file__).resolve().parents[1] / "samples" / "overlay_example.png"
+    assert (got == np.asarray(Image.open(committed).convert("RGB"))).all()
+    w = got.shape[1] // 2  # original left, overlay right
+    body = (slice(int(90 * 1.5), int(110 * 1.5)), slice(int(95 * 1.5), int(100 * 1.5)))  # inside the man's body
+    want = blend_expected(got[body], PAL[41], 0.5)
+    right = got[body[0], w + body[1].start:w + body[1].stop].astype(np.float32)
+    assert np.abs(right - want).max() <= 1.0
+    sun = (slice(int(35 * 1.5), int(45 * 1.5)), slice(int(265 * 1.5), int(275 * 1.5)))
+    assert (got[sun[0], w + sun[1].start:w + sun[1].stop] == got[sun]).all() and (got[sun] == (255, 220, 90)).all()
 
 
 if __name__ == "__main__":
