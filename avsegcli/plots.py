@@ -79,8 +79,10 @@ def _bars(names: list[str], values: list[float], path: Path, title: str, xlabel:
     ax.set_yticks(y, labels=names, fontsize=7 if len(names) > 30 else 9)
     ax.invert_yaxis()
     ax.set(xlim=(0, 1), xlabel=xlabel, title=title)
-    for yi, v in zip(y, values):
-        ax.text(min(v + 0.01, 0.9), yi, f"{v:.3f}", va="center", fontsize=7)
+    for yi, v in zip(y, values):  # the value at the bar's end: inside it (white) when the bar is long
+        inside = v > 0.85
+        ax.text(v - 0.01 if inside else v + 0.01, yi, f"{v:.3f}", va="center", ha="right" if inside else "left",
+                fontsize=7, color="white" if inside else "black")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 

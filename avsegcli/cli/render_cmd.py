@@ -36,6 +36,7 @@ def render(
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Also (or only) write one PNG with every sampled frame "
                                          "and its mask in a grid, with timestamps (and the AVSS legend)."),
     columns: Optional[int] = typer.Option(None, "--columns", min=1, help="Tiles per row of --sheet (default: about square)."),
+    tile_width: int = typer.Option(240, "--tile-width", min=16, help="Width in pixels of each --sheet tile."),
     start: Optional[float] = typer.Option(None, "--start", help="Draw only frames at or after this time (seconds on the source's timeline)."),
     end: Optional[float] = typer.Option(None, "--end", help="Draw only frames before this time (seconds)."),
     quiet: Quiet = False,
@@ -54,7 +55,7 @@ def render(
     if sheet is not None:
         from avsegcli.render.sheet import contact_sheet
 
-        st = contact_sheet(video, masks_dir, sheet, columns=columns, start=start, end=end)
+        st = contact_sheet(video, masks_dir, sheet, columns=columns, tile_width=tile_width, start=start, end=end)
         if not quiet:
             console.print(f"wrote {st['out']}: {st['tiles']} tiles in {st['rows']}x{st['columns']} ({st['size'][0]}x{st['size'][1]} px)",
                           markup=False)
