@@ -92,6 +92,10 @@ def test_rle_decodes_to_the_png_masks_of_the_same_run(env, kind):
     (rle_only / "meta.json").write_text(json.dumps({**meta, "format": "rle"}))
     got, png_set = read_masks_dir(rle_only), read_masks_dir(folder)
     assert np.array_equal(got.masks, png_set.masks) and np.array_equal(got.frame_indices, png_set.frame_indices)
+    from avsegcli.render.timeline import open_masks
+
+    track = open_masks(rle_only)  # render's reader: decodes each mask when shown
+    assert len(track) == 4 and all(np.array_equal(track.get(i), png_set.masks[i]) for i in range(4))
     assert np.array_equal(read_masks_dir(folder).masks, np.load(folder / "masks.npz")["masks"])
 
 

@@ -2,8 +2,8 @@
 
 Masks are read lazily: a PNG folder keeps only its file list in memory and each mask is decoded when first
 shown (a held mask is decoded once), so rendering an hour of 1080p at 1 mask/s does not hold 3600 masks.
-An npz or rle (``masks.json``) folder is read whole by :func:`avsegcli.maskio.read_masks_dir` (``np.load``
-cannot slice a compressed array).
+An rle folder (``masks.json``) keeps only the run-length segments and decodes a mask when it is shown; an npz
+folder is read whole by :func:`avsegcli.maskio.read_masks_dir` (``np.load`` cannot slice a compressed array).
 
 Hold rules, for a source frame shown at ``t`` seconds:
 
@@ -50,6 +50,7 @@ class MaskTrack:
     size: tuple[int, int]
     _files: list[Path] | None = None
     _masks: np.ndarray | None = field(default=None, repr=False)
+    _segments: list[list[dict[str, Any]]] | None = field(default=None, repr=False)  # rle: decoded on demand
 
     def __len__(self) -> int:
         return int(self.frame_indices.shape[0])
@@ -57,6 +58,10 @@ class MaskTrack:
     def get(self, row: int) -> np.ndarray:
         if self._masks is not None:
             return self._masks[row]
+        if self._segments is not None:
+            from avsegcli.maskrle import decode_segments
+
+            return decode_segments(self._segments[row], self.size, self.semantic)
         mask = load_mask_png(self._files[row], self.semantic)
         if mask.shape != self.size:
             raise AvsegError(f"mask is {mask.shape[1]}x{mask.shape[0]}, the others {self.size[1]}x{self.size[0]}",
@@ -81,7 +86,23 @@ def open_masks(folder: str | Path) -> MaskTrack:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise AvsegError(f"unreadable meta.json ({exc})", path=meta_path) from None
-    if meta.get("format") in ("npz", "rle"):  # read whole (npz cannot be sliced; rle decodes fast)
+    if meta.get("format") == "rle":  # masks.json: keep the segments, decode a mask when it is shown
+        from avsegcli.maskrle import RLE_FILE
+
+        try:
+            doc = json.loads((folder / RLE_FILE).read_text())
+            frames = doc["frames"]
+            size = (int(doc["height"]), int(doc["width"]))
+            indices = np.array([int(f["frame_index"]) for f in frames], dtype=np.int64)
+            times = np.array([float(f["timestamp"]) for f in frames], dtype=np.float64)
+            segments = [f.get("segments") or [] for f in frames]
+        except FileNotFoundError:
+            raise AvsegError(f"{RLE_FILE} is missing", path=folder) from None
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise AvsegError(f"unreadable {RLE_FILE} ({type(exc).__name__}: {exc})", path=folder / RLE_FILE) from None
+        return MaskTrack(folder, indices, times, _chunks(meta, times), bool(meta.get("semantic")), meta, size,
+                         _segments=segments)
+    if meta.get("format") == "npz":  # read whole (np.load cannot slice a compressed array)
         ms = read_masks_dir(folder)
         size = tuple(int(s) for s in ms.masks.shape[1:]) if ms.masks.ndim == 3 else (0, 0)
         return MaskTrack(folder, ms.frame_indices.astype(np.int64), ms.timestamps.astype(np.float64),
