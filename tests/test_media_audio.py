@@ -31,7 +31,7 @@ def test_mono16k_matches_official_frontend():
     assert ex.shape == (5, 1, 96, 64) and ex.dtype == torch.float32
     diff = (ex - ref).abs()
     print(f"\nmono16k_5s: mean abs diff {diff.mean():.3g}, max {diff.max():.3g}")
-    assert diff.max() < 1e-4
+    assert diff.max() <= 1e-6  # measured 0 (no resampling: the same arithmetic as the official frontend)
 
 
 def test_stereo44k_matches_official_frontend():
@@ -41,7 +41,10 @@ def test_stereo44k_matches_official_frontend():
     diff = (ex - ref).abs()
     print(f"\nstereo44k_10s (resampled 44.1 -> 16 kHz, ffmpeg swr vs resampy kaiser_best): "
           f"mean abs diff {diff.mean():.5f}, max {diff.max():.4f}")
-    assert diff.mean() < 0.05
+    # measured: mean 0.0027, max 0.196 (top mel band, near the 8 kHz Nyquist edge where the resamplers' roll-offs
+    # differ); bands 0-62: max 0.062, mean 0.0012
+    assert diff.mean() < 0.004 and diff.max() < 0.25
+    assert diff[..., :63].max() < 0.08 and diff[..., :63].mean() < 0.002
     # the same through the array API (int16 samples, [n, channels], as soundfile reads them)
     with wave.open(str(REFERENCE / "stereo44k_10s.wav")) as w:
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, w.getnchannels())
