@@ -210,8 +210,15 @@ def test_seeds_and_guards(tmp_path):
     generate("ms3", tmp_path / "y", {"test": 1}, splits=("test",), mp4=False, image_size=64)
     with pytest.raises(AvsegError, match="already"):
         generate("ms3", tmp_path / "y", {"test": 1}, splits=("test",), mp4=False, image_size=64)
-    # adding clips leaves the earlier ones unchanged
+    # adding clips leaves the earlier ones unchanged: every file of clip 0 is byte-identical, only the lists change
+    before, clips_before = _hashes(tmp_path / "y"), _manifest(tmp_path / "y", "ms3")["clips"]
     generate("ms3", tmp_path / "y", {"test": 2}, splits=("test",), mp4=False, image_size=64, overwrite=True)
+    after, clips_after = _hashes(tmp_path / "y"), _manifest(tmp_path / "y", "ms3")["clips"]
+    changed = {k for k in before if after.get(k) != before[k]}
+    assert all(k.endswith((".csv", ".json")) for k in changed), changed  # the metadata csv and the manifest
+    added = set(after) - set(before)
+    assert len(added) >= 5 and len([k for k in before if not k.endswith((".csv", ".json"))]) >= 5, added
+    assert len(clips_after) == 2 and clips_after[0] == clips_before[0]
     with pytest.raises(AvsegError):
         generate("s5", tmp_path / "z", 1)
     real = tmp_path / "real"  # a folder with a dataset synth did not write is never touched
