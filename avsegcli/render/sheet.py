@@ -23,6 +23,7 @@ from avsegcli.render.draw import class_name, draw_overlay, font, format_time, pr
 
 BACKGROUND = (24, 24, 24)
 GAP = 4  # pixels between tiles and around the sheet
+MAX_PIXELS = 150_000_000  # refuse sheets above this (450 MB of RGB): a long video needs smaller tiles or a window
 _PALETTE = voc_palette(256)
 
 
@@ -86,6 +87,9 @@ def contact_sheet(video: str | Path, masks_dir: str | Path, out: str | Path, *, 
     names = list(track.meta.get("class_names") or AVSS_CLASS_NAMES)
     sheet_w = GAP + cols * (tile_w + GAP)
     grid_h = GAP + nrows * (tile_h + cap_h + GAP)
+    if sheet_w * grid_h > MAX_PIXELS:
+        raise AvsegError(f"a sheet of {n} tiles {tile_w} px wide would be {sheet_w}x{grid_h} px; use a smaller "
+                         "--tile-width or a --start/--end window", path=masks_dir)
 
     canvas = np.empty((grid_h, sheet_w, 3), dtype=np.uint8)
     canvas[:] = BACKGROUND
