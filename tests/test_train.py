@@ -202,10 +202,20 @@ def test_pvt_vggish_and_init_files(tmp_path):
 
 
 def test_data_order_reproducible_and_sharded():
-    a, b = epoch_batches(10, 4, seed=7, epoch=3), epoch_batches(10, 4, seed=7, epoch=3)
-    assert a == b and len(a) == 2 and all(len(x) == 4 for x in a)
-    assert a != epoch_batches(10, 4, seed=7, epoch=4)
-    assert rank_share(a[0], 0, 2) + rank_share(a[0], 1, 2) == a[0]
+    # the documented order: epoch e visits torch.randperm(n) from a generator seeded with seed + e, cut into
+    # global batches, the last partial one dropped
+    for seed, epoch in ((7, 3), (7, 4), (123, 0)):
+        perm = torch.randperm(10, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        assert epoch_batches(10, 4, seed=seed, epoch=epoch) == [perm[0:4], perm[4:8]]
+    assert epoch_batches(10, 4, seed=7, epoch=3) != epoch_batches(10, 4, seed=7, epoch=4)
+    assert epoch_batches(10, 4, seed=7, epoch=3) == epoch_batches(10, 4, seed=8, epoch=2)  # seed + e, as documented
+    # W processes: equal, disjoint, contiguous shares that together are the global batch, in order
+    batch = epoch_batches(24, 12, seed=1, epoch=0)[0]
+    for world in (1, 2, 3, 4, 6):
+        shares = [rank_share(batch, r, world) for r in range(world)]
+        assert all(len(sh) == 12 // world for sh in shares)
+        assert [c for sh in shares for c in sh] == batch  # rank r takes the r-th contiguous part
+        assert len({c for sh in shares for c in sh}) == 12  # disjoint
 
 
 # ------------------------------------------------------------------------------------------------ training
