@@ -85,14 +85,21 @@ def test_state_killed_while_saving_keeps_the_old_one(tmp_path):
 
 @pytest.fixture(scope="module")
 def long_video(tmp_path_factory) -> tuple[Path, Path]:
+    """An 8 s video and a mask folder for it (a square per second, written as avseg run writes them)."""
+    import numpy as np
+
+    from avsegcli import media
+    from avsegcli.maskio import VideoMaskWriter
+
     root = tmp_path_factory.mktemp("render_kill")
     video = make_video(root / "v.mp4", seconds=8, fps=25, size=(320, 240), tone_hz=440)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(avsegcli.build_model("tiny"), root / "tiny.safetensors")
-    masks = root / "masks"
-    proc = run_cli("run", video, "--out", masks, "--weights", ckpt, "--workers", "0", "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    return video, masks / "v"
+    idx, ts = media.sample_times(media.probe(video), 1)
+    writer = VideoMaskWriter(root / "masks", "v")
+    for k, (i, t) in enumerate(zip(idx, ts)):
+        mask = np.zeros((240, 320), np.uint8)
+        mask[40:200, 20 + 30 * k:80 + 30 * k] = 1
+        writer.add(frame_index=int(i), timestamp=float(t), chunk=int(t), mask=mask)
+    return video, writer.finish({"source": video.name, "size": [240, 320], "fps": 25})
 
 
 @pytest.mark.parametrize("kind", ["mp4", "frames"])
@@ -106,7 +113,8 @@ def test_render_killed_midway_leaves_no_output(kind, long_video, tmp_path):
     deadline = time.time() + 120
     try:
         while time.time() < deadline and proc.poll() is None:
-            if partial.is_file() and partial.stat().st_size > 0 or partial.is_dir() and len(list(partial.iterdir())) > 3:
+            written = [p for p in (partial, target) if p.exists()]  # wherever the writer puts it
+            if any(p.is_file() and p.stat().st_size > 0 or p.is_dir() and len(list(p.iterdir())) > 3 for p in written):
                 break
             time.sleep(0.01)
         assert proc.poll() is None, "render finished before it could be killed"

@@ -58,7 +58,7 @@ def s4_two(tmp_path_factory) -> Path:
 
 def cfg(data: Path, out: Path, task: str = "s4", **kw) -> TrainConfig:
     base = dict(task=task, data=str(data), out=str(out), preset="tiny", image_size=SIZE, lr=1e-3, batch_size=2,
-                log_every=1, num_workers=0, val_every=0, freeze_epochs=0)
+                log_every=1, num_workers=0, val_every=0, freeze_epochs=0, device="cpu")
     if task == "avss":
         base["model_overrides"] = {"head": {"num_classes": 71}}
     base.update(kw)
