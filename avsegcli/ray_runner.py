@@ -254,9 +254,10 @@ class _Driver:
                     if self.spawned < self.max_spawns:
                         self._spawn()
                         continue
+                    last = lost[-1]["error"] if lost else "unknown"
                     for vid in todo:
                         results[vid] = VideoResult(str(self.paths[vid]), self.stems[vid], "failed",
-                                                   reason="no Ray actor left to process it (all were lost; see summary.json 'ray')")
+                                                   reason=f"no Ray actor left to process it ({len(lost)} lost; last: {last})")
                     break
                 ready, _ = ray.wait(list(self.starting) + list(running), num_returns=1, timeout=0.5)
                 for ref in ready:

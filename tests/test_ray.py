@@ -113,7 +113,8 @@ def test_same_outputs_and_failures_as_local_run(ray_address, videos, tiny_ckpt, 
     assert summary["counts"] == {"done": 4, "skipped": 0, "failed": 2}
     assert summary["model"]["preset"] == "tiny" and summary["model"]["device"] == "cpu"
     nodes = summary["ray"]["nodes"]
-    assert len(nodes) == 1 and nodes[0]["actors"] == 2
+    # the pool asked for 2; an actor counts once it started (the first may finish all six before the second is up)
+    assert summary["ray"]["actors"] == 2 and len(nodes) == 1 and 1 <= nodes[0]["actors"] <= 2
     assert (nodes[0]["done"], nodes[0]["failed"], nodes[0]["frames"]) == (4, 2, summary["frames"]) and summary["frames"] == 9
     assert summary["ray"]["lost"] == []
 
