@@ -49,6 +49,7 @@ class RayOptions:
     cpus_per_actor: float = 1.0
     retries: int = 3  # per video, after its actor or node was lost
     start_timeout: float = START_TIMEOUT_S
+    progress_every: float = 0.5  # seconds between progress polls of the actors' frame counts
 
 
 @dataclass
@@ -259,7 +260,7 @@ class _Driver:
                         results[vid] = VideoResult(str(self.paths[vid]), self.stems[vid], "failed",
                                                    reason=f"no Ray actor left to process it ({len(lost)} lost; last: {last})")
                     break
-                ready, _ = ray.wait(list(self.starting) + list(running), num_returns=1, timeout=0.5)
+                ready, _ = ray.wait(list(self.starting) + list(running), num_returns=1, timeout=min(0.5, self.opts.progress_every))
                 for ref in ready:
                     if ref in self.starting:
                         name = self.starting.pop(ref)
@@ -307,7 +308,7 @@ class _Driver:
                 if not where and time.monotonic() - t0 > self.opts.start_timeout:
                     raise AvsegError(f"no avseg actor could start on the Ray cluster within {self.opts.start_timeout:.0f} s (each asks for "
                                      f"{self.cpa:g} CPU and {self.gpa:g} GPU; the cluster has {self.cluster['CPU']:g} CPU, {self.cluster['GPU']:g} GPU)")
-                if self.progress and (time.monotonic() - last_poll > 0.5 or not any(r is None for r in results)):
+                if self.progress and (time.monotonic() - last_poll >= self.opts.progress_every or not any(r is None for r in results)):
                     last_poll = time.monotonic()
                     self.progress.update(self._snapshot(results, nodes, where))
         finally:

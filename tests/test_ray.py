@@ -154,7 +154,7 @@ def test_killed_actor_video_redone_elsewhere(ray_address, videos, tiny_ckpt, tmp
     paths = collect_inputs([str(clips)])
     hook = _KillOnce(ray, tmp_path / "out")
     run = run_on_ray(paths, tmp_path / "out", predictor_kwargs={"weights": tiny_ckpt, "device": "cpu", "batch_size": 1},
-                     run_kwargs={"fps": 8.0}, options=RayOptions(address=ray_address, actors=1, retries=2), progress=hook)
+                     run_kwargs={"fps": 8.0}, options=RayOptions(address=ray_address, actors=1, retries=2, progress_every=0.05), progress=hook)
     assert hook.killed is not None, "no video was seen in flight"
     stem, actor, half_done = hook.killed
     assert half_done  # killed while its video was being built

@@ -18,6 +18,7 @@ class _RichRayProgress:
         self.videos = progress.add_task("videos", total=num_videos)
         self.frames = progress.add_task("frames", total=0)
         self.nodes: dict[str, int] = {}
+        self.total = num_videos
         self.t0 = time.perf_counter()
 
     def update(self, snap: dict[str, Any]) -> None:
@@ -27,8 +28,8 @@ class _RichRayProgress:
                       description=f"frames ({rate:.2f}/s)")
         for ip, rec in sorted(snap["nodes"].items()):
             if ip not in self.nodes:
-                self.nodes[ip] = self.p.add_task("", total=None)
-            self.p.update(self.nodes[ip], description=f"  node {ip}: {rec['videos']} videos, {rec['frames']} frames")
+                self.nodes[ip] = self.p.add_task("", total=self.total)
+            self.p.update(self.nodes[ip], completed=rec["videos"], description=f"  node {ip}: {rec['frames']} frames")
 
 
 def check_ray_flags(actors: int, gpus_per_actor: float | None, cpus_per_actor: float, retries: int) -> None:
