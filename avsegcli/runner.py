@@ -108,57 +108,127 @@ def _decode_video(vid: int, path: str, fps: float | None, image_size: int, via: 
         yield ("error", vid, f"cannot be decoded ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})")
 
 
-def _worker(jobs, results, fps, image_size, via, window, span=(None, None), audio=None) -> None:
+def _worker(conn, fps, image_size, via, window, span=(None, None), audio=None) -> None:
+    """A decode process: jobs ``(vid, path)`` arrive on ``conn`` (None: stop), messages go back on it. A feeder
+    thread sends while the next window decodes (at most ``_PREFETCH`` messages ahead)."""
+    import threading
+
     from avsegcli.runguard import guard_worker
 
-    parent = os.getppid()
-    guard_worker(parent)  # exits once the run's process is gone (any signal); decoder noise off the terminal
+    guard_worker(os.getppid())  # exits once the run's process is gone (any signal); decoder noise off the terminal
     torch.set_num_threads(1)
+    outbox: queue.Queue = queue.Queue(maxsize=_PREFETCH)
+
+    def feed() -> None:
+        while (msg := outbox.get()) is not None:
+            try:
+                conn.send(msg)
+            except OSError:  # the run is gone
+                os._exit(0)
+
+    feeder = threading.Thread(target=feed, name="avseg-feeder", daemon=True)
+    feeder.start()
     while True:
-        job = jobs.get()
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):  # the run is gone
+            os._exit(0)
         if job is None:
-            return
+            break
         for msg in _decode_video(*job, fps, image_size, via, window, span, audio):
-            while True:  # a killed parent must not leave us blocked forever
-                try:
-                    results.put(msg, timeout=1.0)
-                    break
-                except queue.Full:
-                    if os.getppid() != parent:
-                        return
+            outbox.put(msg)
+    outbox.put(None)
+    feeder.join()
+
+
+#: messages a decode worker may have ready ahead of the main process
+_PREFETCH = 2
+
+
+def _death_reason(exitcode: int | None) -> str:
+    import signal
+
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        if name == "SIGKILL":
+            return "its decoding process was killed (SIGKILL: out of memory?)"
+        return f"the decoder crashed on this file ({name})"
+    return f"its decoding process exited unexpectedly (exit code {exitcode})"
 
 
 def _messages(jobs: list[tuple[int, str]], workers: int, fps, image_size, via, window, span=(None, None),
               audio=None) -> Iterator[tuple]:
+    """Decode messages of every job, from ``workers`` processes (0: inline). Each worker has its own pipe and
+    gets its next job from here, so a worker that dies (a decoder crash on a hostile file, the OOM killer) fails
+    only the video it had -- its pipe reads as closed, even mid-message -- and a new worker takes the rest."""
     if workers <= 0:
         for vid, path in jobs:
             yield from _decode_video(vid, path, fps, image_size, via, window, span, audio)
         return
+    from multiprocessing.connection import wait
+
     ctx = mp.get_context("spawn")
-    job_q, res_q = ctx.Queue(), ctx.Queue(maxsize=2 * workers + 2)
-    for job in jobs:
-        job_q.put(job)
-    procs = [ctx.Process(target=_worker, args=(job_q, res_q, fps, image_size, via, window, span, audio), daemon=True) for _ in range(workers)]
-    for p in procs:
-        job_q.put(None)
-        p.start()
-    pending = len(jobs)
+    todo = list(reversed(jobs))
+    live: dict[Any, list] = {}  # connection -> [process, current job or None, whether it has sent a message]
+    spawns = len(jobs) + workers  # a bound on replacements, should something kill every worker at start
+    retried: set[int] = set()
+
+    def start_worker() -> None:
+        nonlocal spawns
+        spawns -= 1
+        here, there = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_worker, args=(there, fps, image_size, via, window, span, audio), daemon=True)
+        proc.start()
+        there.close()  # only the worker holds that end now: its death reads as EOF here
+        live[here] = [proc, None, False]
+        give_job(here)
+
+    def give_job(conn) -> None:
+        job = todo.pop() if todo else None
+        live[conn][1:] = [job, False]
+        try:
+            conn.send(job)
+        except OSError:
+            pass  # it died already: its EOF is handled below
+
+    for _ in range(min(workers, len(jobs))):
+        start_worker()
     try:
-        while pending:
-            try:
-                msg = res_q.get(timeout=5.0)
-            except queue.Empty:
-                if not any(p.is_alive() for p in procs):
-                    raise RuntimeError("all decode workers exited unexpectedly") from None
-                continue
-            if msg[0] in ("end", "error"):
-                pending -= 1
-            yield msg
+        while live:
+            for conn in wait(list(live), timeout=1.0):
+                proc, job, started = live[conn]
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    del live[conn]
+                    conn.close()
+                    proc.join(timeout=5.0)
+                    if job is not None and not started and job[0] not in retried:
+                        retried.add(job[0])  # it died before this video began: give it to another worker
+                        todo.append(job)
+                    elif job is not None:
+                        yield ("error", job[0], _death_reason(proc.exitcode))
+                    if todo and spawns > 0:
+                        start_worker()
+                    continue
+                live[conn][2] = True
+                yield msg
+                if msg[0] in ("end", "error"):
+                    give_job(conn)  # the next video, or None: stop
     finally:
-        for p in procs:
-            p.join(timeout=1.0)
-            if p.is_alive():
-                p.terminate()
+        for conn, (proc, *_) in list(live.items()):
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for conn, (proc, *_) in list(live.items()):
+            proc.join(timeout=1.0)
+            if proc.is_alive():
+                proc.terminate()
+            conn.close()
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
