@@ -160,7 +160,9 @@ def connect(ray, address: str | None, num_cpus: int | None = None) -> bool:
         return True
     try:
         ray.init(address=address, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as err:
+    except ImportError as err:  # ray:// needs Ray Client's extra packages
+        raise AvsegError(f"cannot join the Ray cluster at {address!r}: {err} (ray:// needs pip install 'ray[client]')") from None
+    except Exception as err:  # ConnectionError, RuntimeError, ValueError...: one line, no traceback
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise AvsegError(f"cannot join the Ray cluster at {address!r}: {first} (start one with `ray start --head`)") from None
     return False
