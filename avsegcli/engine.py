@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -385,10 +386,12 @@ class _Trainer:
                 "avseg_train_task": self.task, **(extra or {})}
 
     def _save(self) -> None:
-        """``last.safetensors`` then ``state.pt`` (every process's RNG state gathered to process 0)."""
+        """``last.safetensors`` and ``state.pt`` (every process's RNG state gathered to process 0). The checkpoint is
+        written in full under a side name and renamed only after ``state.pt`` is complete, so a kill at any point
+        leaves the two naming the same step (except between the two renames, which the resume guard reports)."""
         rngs = dist.gather_objects(capture_rng(), self.info)
         if self.info.is_main:
-            save_checkpoint(self.model, self.run_dir / LAST, self._meta())
+            pending = save_checkpoint(self.model, self.run_dir / (LAST + ".pending"), self._meta())
             save_state(self.run_dir, {
                 "step": self.step, "epoch": self.epoch, "batch": self.batch,
                 "optimizer": self.optimizer.state_dict(),
@@ -398,4 +401,5 @@ class _Trainer:
                 "data_order": {"seed": int(self.cfg.seed or 0), "clips": self.num_clips,
                                "batch_size": int(self.cfg.batch_size or 1)},
             })
+            os.replace(pending, self.run_dir / LAST)
         dist.barrier(self.info)

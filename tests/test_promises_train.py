@@ -107,7 +107,7 @@ def _consistent_and_mid_epoch(run: Path) -> bool:
     except Exception:
         return False
     steps = _log_steps(run)
-    return same and not list(run.glob("*.tmp")) and bool(steps) and max(steps) > state["step"] and max(steps) % 3 != 0
+    return same and not list(run.glob("*.tmp")) and not list(run.glob("*.pending")) and bool(steps) and max(steps) > state["step"] and max(steps) % 3 != 0
 
 
 def test_resume_after_sigkill_equals_uninterrupted(s4_six, tmp_path):
@@ -149,6 +149,39 @@ def test_resume_after_sigkill_equals_uninterrupted(s4_six, tmp_path):
     la, lb = _no_seconds(read_log(tmp_path / "straight", None)), _no_seconds(read_log(run, None))
     assert [r["step"] for r in lb] == list(range(1, target + 1))  # the dropped steps are logged once, not twice
     assert la == lb
+
+
+def test_kill_while_writing_state_still_resumes(s4_six, tmp_path):
+    """SIGKILL while state.pt is being written (the optimiser state: the longest write of a save): the run folder
+    must still hold a checkpoint and a state of the same step, so --resume continues exactly."""
+    run = tmp_path / "run"
+    script = f"""
+import os, signal, torch
+from avsegcli.engine import train
+from avsegcli.train import TrainConfig
+real, calls = torch.save, []
+def torn(obj, f, *args, **kwargs):  # the 2nd state.pt (end of epoch 1): half written, then killed
+    calls.append(f)
+    real(obj, f, *args, **kwargs)
+    if len(calls) == 2:
+        data = open(f, "rb").read()
+        open(f, "wb").write(data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+torch.save = torn
+torch.set_num_threads(1)
+train(TrainConfig(task="s4", data={str(s4_six)!r}, out={str(run)!r}, preset="tiny", image_size={SIZE}, lr=1e-3,
+                  batch_size=2, log_every=1, num_workers=0, val_every=0, freeze_epochs=0, device="cpu", epochs=4))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=ONE_THREAD)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["step"] == 3 and _step_of(run / "last.safetensors") == 3
+    res = train(TrainConfig(resume=str(run), max_steps=8))
+    straight = train(cfg(s4_six, tmp_path / "straight", epochs=4, max_steps=8))
+    assert res.step == straight.step == 8
+    a, b = load_file(str(tmp_path / "straight" / "last.safetensors")), load_file(str(run / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_guards(s4_six, tmp_path):

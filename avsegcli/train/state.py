@@ -5,7 +5,8 @@ values): ``step``, ``epoch`` and ``batch`` (the next batch of that epoch), ``opt
 ``scheduler`` (None: the released recipe has a constant learning rate), ``rng`` (one entry per process: Python,
 NumPy, torch CPU and CUDA generator states), ``data_order`` (seed, clips, global batch size: the per-epoch
 permutation is a function of these), ``best`` (the best validation so far), ``elapsed`` seconds, ``world_size``.
-It is written after ``last.safetensors`` and names the same step, both atomically (temporary name, rename).
+It names the same step as ``last.safetensors``: the checkpoint is written in full first (under a side
+name), then ``state.pt`` (temporary name, rename), then the checkpoint is renamed into place.
 
 ``RUN_DIR/log.jsonl``: one JSON object per line: ``{"type": "train", "step", "epoch", "batch", "lr",
 "loss_main", ..., "total", "seconds", "step_seconds"}`` for logged steps and ``{"type": "val", "step", "epoch",
