@@ -184,6 +184,22 @@ def test_model_ignoring_audio_has_fpr_equal_to_its_area(task, data, deaf, tmp_pa
     again = evaluate(task, data, "test", pred_dir=save, negative_audio=ALL, batch_clips=2, image_size=SIZE)
     for c in ALL:
         assert again["negative_audio"][c]["fpr"] == pytest.approx(res["negative_audio"][c]["fpr"], abs=1e-12)
+    if task == "s4":  # the same masks as `avseg run` output folders: DIR/<clip>/ and DIR/<condition>/<clip>/
+        from avsegcli.data import load_binary_prediction
+        from avsegcli.maskio import VideoMaskWriter
+
+        run_dir = tmp_path / "run"
+        for sub in ("", *ALL):
+            for c in make_dataset(task, data, "test", load_audio=False).clips:
+                masks = load_binary_prediction(save / sub, c.name, 5, c.category).numpy()
+                w = VideoMaskWriter(run_dir / sub, c.name, fmt="png", semantic=False)
+                for j in range(5):
+                    w.add(frame_index=16 * j + 15, timestamp=j + 0.9375, chunk=j, mask=masks[j])
+                w.finish({"source": c.name, "audio": {"source": sub or "original"}})
+        ran = evaluate(task, data, "test", pred_dir=run_dir, negative_audio=ALL, batch_clips=2, image_size=SIZE)
+        assert ran["pred_layout"] == "avseg-run"
+        assert {c: v["fpr"] for c, v in ran["negative_audio"].items()} == \
+            {c: v["fpr"] for c, v in again["negative_audio"].items()}
     shutil.rmtree(save / "noise")
     with pytest.raises(AvsegError, match="no saved masks"):
         evaluate(task, data, "test", pred_dir=save, negative_audio=("noise",), image_size=SIZE)
