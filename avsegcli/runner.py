@@ -233,6 +233,20 @@ def _messages(jobs: list[tuple[int, str]], workers: int, fps, image_size, via, w
 
 # ---- the run -------------------------------------------------------------------------------------------------
 
+def _audio_mismatch(folder: Path, audio: Any) -> tuple[str, str] | None:
+    """``("fail", reason)`` when a finished folder was made hearing other audio than this run (``--audio``)."""
+    import json
+
+    try:
+        had = json.loads((folder / "meta.json").read_text()).get("audio") or {"source": "original"}
+    except (OSError, ValueError, AttributeError):
+        return None
+    want = audio.describe() if audio is not None else {"source": "original"}
+    if had == want:
+        return None
+    return "fail", (f"its output folder {folder} was made with --audio {had.get('path') or had.get('source')}, this run "
+                    f"hears {want.get('path') or want['source']}; use --overwrite to replace it, or another --out")
+
 @dataclass
 class _Video:
     result: VideoResult
@@ -275,6 +289,8 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
             continue
         identities[vid] = source_identity(p)
         decision, reason = ("run", "") if overwrite else resume_decision(out_dir / v.result.stem, p, identities[vid])
+        if decision == "skip":
+            decision, reason = _audio_mismatch(out_dir / v.result.stem, audio) or (decision, reason)
         if decision == "run":
             jobs.append((vid, str(p)))
         else:

@@ -334,6 +334,10 @@ def test_run_silence_lowers_the_sounding_area_and_overrides(tmp_path):
     assert meta["audio"] == {"source": "silence"}
     silent = float(np.mean([f["sounding_area"] for f in meta["frames"]]))
     pred = Predictor(device="cpu", batch_size=5)
+    from avsegcli.runner import run_videos
+
+    (again,) = run_videos(pred, [SAMPLE], out, workers=0)  # the original audio into the silent run's folder
+    assert again.status == "failed" and "--audio silence" in again.reason
     own = pred.predict_video(SAMPLE)  # what `avseg run` writes with the original audio (same masks, tested elsewhere)
     original = float(own.masks.astype(bool).mean())
     print(f"demo mean sounding area: original {original:.4f}, silence {silent:.4f}")
