@@ -244,11 +244,16 @@ class _Driver:
         lost: list[dict[str, Any]] = []
         nodes: dict[str, dict[str, Any]] = {}
         model: dict[str, Any] = {}
-        t0, last_poll = time.monotonic(), 0.0
+        t0, last_poll, left = time.monotonic(), 0.0, len(self.paths)
+
+        def settle(vid: int, result: VideoResult) -> None:
+            nonlocal left
+            results[vid], left = result, left - 1
+
         for _ in range(self.num_actors):
             self._spawn()
         try:
-            while any(r is None for r in results):
+            while left:  # a counter: a scan of 200k results per event would dominate the driver
                 while idle and todo:
                     vid, name = todo.popleft(), idle.pop()
                     ref = self.actors[name].segment.remote(str(self.paths[vid]), self.stems[vid], str(self.out), self.run_kwargs)
@@ -259,8 +264,8 @@ class _Driver:
                         continue
                     last = lost[-1]["error"] if lost else "unknown"
                     for vid in todo:
-                        results[vid] = VideoResult(str(self.paths[vid]), self.stems[vid], "failed",
-                                                   reason=f"no Ray actor left to process it ({len(lost)} lost; last: {last})")
+                        settle(vid, VideoResult(str(self.paths[vid]), self.stems[vid], "failed",
+                                                reason=f"no Ray actor left to process it ({len(lost)} lost; last: {last})"))
                     break
                 ready, _ = ray.wait(list(self.starting) + list(running), num_returns=1, timeout=min(0.5, self.opts.progress_every))
                 for ref in ready:
@@ -285,7 +290,7 @@ class _Driver:
                     try:
                         out = ray.get(ref)
                     except ray.exceptions.RayTaskError as err:  # raised inside run_videos: this video's own failure
-                        results[vid] = VideoResult(str(self.paths[vid]), self.stems[vid], "failed", reason=_first_line(err))
+                        settle(vid, VideoResult(str(self.paths[vid]), self.stems[vid], "failed", reason=_first_line(err)))
                         nodes[where[name]["node_id"]]["failed"] += 1
                         idle.append(name)
                         continue
@@ -296,13 +301,13 @@ class _Driver:
                         if attempts[vid] <= self.opts.retries:
                             todo.appendleft(vid)
                         else:
-                            results[vid] = VideoResult(str(self.paths[vid]), self.stems[vid], "failed",
-                                                       reason=f"its Ray actor was lost {attempts[vid]} times (last on {where[name]['ip']}: {lost[-1]['error']})")
+                            settle(vid, VideoResult(str(self.paths[vid]), self.stems[vid], "failed",
+                                                    reason=f"its Ray actor was lost {attempts[vid]} times (last on {where[name]['ip']}: {lost[-1]['error']})"))
                         if self.spawned < self.max_spawns:
                             self._spawn()
                         continue
                     r = VideoResult(**out["result"])
-                    results[vid] = r
+                    settle(vid, r)
                     node = nodes[out["node_id"]]
                     node[r.status] = node.get(r.status, 0) + 1
                     node["frames"] += r.frames
@@ -310,7 +315,7 @@ class _Driver:
                 if not where and time.monotonic() - t0 > self.opts.start_timeout:
                     raise AvsegError(f"no avseg actor could start on the Ray cluster within {self.opts.start_timeout:.0f} s (each asks for "
                                      f"{self.cpa:g} CPU and {self.gpa:g} GPU; the cluster has {self.cluster['CPU']:g} CPU, {self.cluster['GPU']:g} GPU)")
-                if self.progress and (time.monotonic() - last_poll >= self.opts.progress_every or not any(r is None for r in results)):
+                if self.progress and (time.monotonic() - last_poll >= self.opts.progress_every or not left):
                     last_poll = time.monotonic()
                     self.progress.update(self._snapshot(results, nodes, where))
         finally:
