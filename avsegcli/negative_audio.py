@@ -142,6 +142,8 @@ def clip_categories(ds: Any, indices: Sequence[int] | None = None) -> tuple[dict
         cats = {c.name: frozenset([c.category]) for c in infos}
         return cats, cats, "category folder"
     if ds.task == "avss":
+        from PIL import Image
+
         from avsegcli.data.avss import colour_mask_to_ids
         from avsegcli.palette import AVSS_CLASS_NAMES
 
@@ -150,8 +152,6 @@ def clip_categories(ds: Any, indices: Sequence[int] | None = None) -> tuple[dict
             ids: set[int] = set()
             for p in c.mask_paths:
                 if p is not None:
-                    from PIL import Image
-
                     with Image.open(p) as im:
                         ids |= set(np.unique(colour_mask_to_ids(im.convert("RGB"), ds.num_classes).numpy()).tolist())
             cats[c.name] = frozenset(AVSS_CLASS_NAMES[i] for i in ids if i)
