@@ -288,10 +288,27 @@ class VideoLocks:
 
 # ---- worker hygiene ------------------------------------------------------------------------------------------
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when the thread that started it exits (prctl PR_SET_PDEATHSIG).
+    Works even while the process is busy importing torch, before any Python thread of ours runs."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
 def guard_worker(parent_pid: int, *, poll_s: float = 0.5, quiet_stderr: bool = True) -> None:
-    """Call first thing in a worker process: a daemon thread ends the process as soon as ``parent_pid`` is no
-    longer its parent (the parent died, whatever the signal), so nothing outlives a killed run; and, with
-    ``quiet_stderr``, file descriptor 2 goes to /dev/null (decoders print from native code)."""
+    """Call first thing in a worker process: the kernel kills it when its parent goes (:func:`_die_with_parent`),
+    and, for the cases that misses (not Linux, a parent thread that ends), a daemon thread ends the process as
+    soon as ``parent_pid`` is no longer its parent, whatever signal the parent died of. With ``quiet_stderr``,
+    file descriptor 2 goes to /dev/null (decoders print from native code). If the parent is already gone, exits."""
+    _die_with_parent()
+    if os.getppid() != parent_pid:
+        os._exit(0)
     if quiet_stderr and not os.environ.get("AVSEG_WORKER_STDERR"):
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -307,6 +324,16 @@ def guard_worker(parent_pid: int, *, poll_s: float = 0.5, quiet_stderr: bool = T
             time.sleep(poll_s)
 
     threading.Thread(target=watch, name="avseg-parent-watch", daemon=True).start()
+
+
+def guarded_worker(parent_pid: int, module: str, function: str, *args) -> None:
+    """Process target for decode workers: :func:`guard_worker` first, *then* import ``module`` (torch...) and run
+    ``module.function(*args)``. This module imports nothing heavy, so the guard is up within a fraction of a
+    second of the process starting, long before the heavy imports finish."""
+    import importlib
+
+    guard_worker(parent_pid)
+    getattr(importlib.import_module(module), function)(*args)
 
 
 # ---- flags ---------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from avsegcli.errors import AvsegError
 from avsegcli.feed import available_cores, default_workers, stage
 from avsegcli.maskio import VideoMaskWriter
 from avsegcli.predictor import Predictor
-from avsegcli.runguard import VideoLocks, resume_decision, source_identity, write_failure
+from avsegcli.runguard import VideoLocks, guarded_worker, resume_decision, source_identity, write_failure
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp", ".ogv")
 
@@ -113,10 +113,7 @@ def _worker(conn, fps, image_size, via, window, span=(None, None), audio=None) -
     thread sends while the next window decodes (at most ``_PREFETCH`` messages ahead)."""
     import threading
 
-    from avsegcli.runguard import guard_worker
-
-    guard_worker(os.getppid())  # exits once the run's process is gone (any signal); decoder noise off the terminal
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # (started through runguard.guarded_worker: it dies with the run, stderr is quiet)
     outbox: queue.Queue = queue.Queue(maxsize=_PREFETCH)
 
     def feed() -> None:
@@ -180,7 +177,8 @@ def _messages(jobs: list[tuple[int, str]], workers: int, fps, image_size, via, w
         nonlocal spawns
         spawns -= 1
         here, there = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_worker, args=(there, fps, image_size, via, window, span, audio), daemon=True)
+        proc = ctx.Process(target=guarded_worker, daemon=True,  # dies with this process, even during its imports
+                           args=(os.getpid(), __name__, "_worker", there, fps, image_size, via, window, span, audio))
         proc.start()
         there.close()  # only the worker holds that end now: its death reads as EOF here
         live[here] = [proc, None, False]

@@ -326,24 +326,40 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _workers(pid: int) -> set[int]:
+    found = set()
+    for k in _descendants(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes():
+                found.add(k)
+        except OSError:
+            pass
+    return found
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-def test_sigkill_leaves_no_process(corpus, tiny_ckpt, tmp_path):
+def test_worker_crash_then_sigkill_leaves_no_process(corpus, tiny_ckpt, tmp_path):
+    """A decode worker that crashes is replaced; SIGKILL of the run then leaves no child alive 5 s later."""
     many = tmp_path / "many"
     many.mkdir()
-    for i in range(4):
+    for i in range(6):
         os.link(corpus["good"], many / f"v{i}.mp4")
     out = tmp_path / "out"
     args = [sys.executable, "-m", "avsegcli", "run", str(many), "--out", str(out), "--weights", str(tiny_ckpt),
             "--fps", "0", "--batch-size", "2", "--workers", "2", "--quiet"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    kids: set[int] = set()
-    while time.time() < deadline and proc.poll() is None:
-        kids = _descendants(proc.pid)
-        if len(kids) >= 2 and list(out.glob(".*.partial")):  # workers (+ resource tracker), work under way
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+
+    def wait_for(cond) -> None:
+        while time.time() < deadline and proc.poll() is None and not cond():
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before the test could act"
+
+    wait_for(lambda: len(_workers(proc.pid)) >= 2 and bool(list(out.glob(".*.partial"))))
+    first = _workers(proc.pid)
+    kids = _descendants(proc.pid)
+    os.kill(min(first), signal.SIGSEGV)  # a decoder crash in one worker
+    wait_for(lambda: bool(_workers(proc.pid) - first))  # ...and a new worker takes over
     kids |= _descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
