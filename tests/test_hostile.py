@@ -76,6 +76,8 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     f["empty"].write_bytes(b"")
     f["text"] = d / "notes.webm"
     f["text"].write_text("not a video\n" * 50)
+    f["odd_name"] = d / "two\nlines :smile:.mp4"  # still one error line, printed as written
+    f["odd_name"].write_text("not a video either\n" * 50)
     mkv = make_video(d / "unknown_tmp.mkv", seconds=1, fps=25, size=(64, 48), audio=False).read_bytes()
     (d / "unknown_tmp.mkv").unlink()
     f["unknown"] = d / "unknown.mkv"  # a Matroska codec id no decoder knows
@@ -105,7 +107,7 @@ REASONS = {  # input -> words its one error line must contain
     "damaged": "damaged at frame 10 of 50", "truncated": "truncated or corrupt", "cut": "truncated/corrupt",
     "random": "truncated/corrupt", "empty": "empty (0 bytes)", "text": "not a media file",
     "unknown": "unsupported video codec", "loop_a": "symbolic link loop", "loop_b": "symbolic link loop",
-    "broken": "broken symbolic link",
+    "broken": "broken symbolic link", "odd_name": "not a media file",
 }
 DECODED = ("good", "av1_mp4", "av1_mkv", "theora", "tiny16")  # decord cannot do the last four alone
 
@@ -135,7 +137,7 @@ def test_hostile_folder(corpus, tiny_ckpt, tmp_path):
     bad[str(tmp_path / "missing.mp4")] = "file not found"
     assert len(lines) == len(bad)  # exactly one line per bad input
     for path, words in bad.items():
-        mine = [ln for ln in lines if ln.startswith(f"error: {path}: ")]
+        mine = [ln for ln in lines if ln.startswith(f"error: {path}: ".replace("\n", "\\n"))]
         assert len(mine) == 1 and words in mine[0], (path, mine)
         assert status[path]["status"] == "failed"
     assert set(status) == set(bad) | {str(corpus[k]) for k in DECODED}  # nothing from out/ or old_out/

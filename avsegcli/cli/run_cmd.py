@@ -86,7 +86,9 @@ def run(
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (.pth of the authors or our .safetensors). Default: the bundled model in weights/."),
     fps: float = typer.Option(1.0, "--fps", help="Frames per second to segment (1 = the benchmark's rate; 0 = every frame)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (autocast; fp32 on CPU unless asked)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where native and faster: AVX512-BF16/AMX CPUs, CUDA 8.0+; else fp32), fp32 (IEEE), tf32 (CUDA), bf16 or fp16."),
+    impl: str = typer.Option("fast", "--impl", help="fast (default) or reference (the authors' arithmetic, op for op; same masks within float rounding)."),
+    compile_model: bool = typer.Option(False, "--compile", help="Run the model through torch.compile (pays a compile time at start; see README)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Frames per forward pass, across videos."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (0 = decode in the main process; default from the cores: all but one with CUDA, a quarter on the CPU, at least 1)."),
     glob: Optional[str] = typer.Option(None, "--glob", help="File pattern inside folders (default: common video extensions)."),
@@ -144,10 +146,12 @@ def run(
         results, model_info, extra = run_with_ray(
             paths, out, address=ray, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor, cpus_per_actor=ray_cpus_per_actor,
             retries=ray_retries, console=console, show=not (quiet or as_json),
-            predictor_kwargs=dict(weights=weights, device=device, precision=precision, batch_size=batch_size, fps=fps or None),
+            predictor_kwargs=dict(weights=weights, device=device, precision=precision, batch_size=batch_size, fps=fps or None,
+                                  impl=impl, compile=compile_model),
             run_kwargs=dict(fmt=fmt, save_probs=save_probs, overwrite=overwrite, fps=fps or None, start=start, end=end, audio=override))
     else:
-        predictor = Predictor(weights, device=device, precision=precision, batch_size=batch_size, fps=fps or None)
+        predictor = Predictor(weights, device=device, precision=precision, batch_size=batch_size, fps=fps or None,
+                              impl=impl, compile=compile_model)
         model_info = predictor.model_info()
         detail(f"{len(paths)} video(s); model {model_info}")
         t0 = time.perf_counter()
@@ -191,8 +195,9 @@ def run(
                          f"{seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} frames/s)")
         Console().print(table)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    for r in failed:
-        err.print(f"error: {r.path}: {r.reason}", markup=False)
+    for r in failed:  # one line each, whatever a file name contains
+        line = f"error: {r.path}: {r.reason}".replace("\r", "\\r").replace("\n", "\\n")
+        err.print(line, markup=False, emoji=False)
     if summary_error:
         err.print(summary_error, markup=False)
     for r in results:

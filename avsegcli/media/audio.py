@@ -83,11 +83,19 @@ class _AudioPipe:
         """Wait for ffmpeg; a non-zero exit becomes a MediaError with its last message."""
         rc = self.proc.wait()
         if rc != 0:
+            from avsegcli.media.probe import _reason_from_stderr
+
             self._err.seek(0)
-            lines = self._err.read().decode(errors="replace").strip().splitlines()
+            text = self._err.read().decode(errors="replace")
             self.close()
-            raise MediaError(f"cannot decode audio: {lines[-1] if lines else f'ffmpeg exit {rc}'}",
-                             path=self.path)
+            low = text.lower()
+            if "invalid data" in low or "error while decoding" in low or "corrupt" in low:
+                reason = "damaged audio data (the decoder rejected it)"
+            elif "no decoder" in low or "decoder not found" in low:
+                reason = "unsupported audio codec (no decoder in this build)"
+            else:
+                reason = _reason_from_stderr(text) if text.strip() else f"ffmpeg exit {rc}"
+            raise MediaError(f"cannot decode audio: {reason}", path=self.path)
         self.close()
 
     def close(self) -> None:
