@@ -325,6 +325,8 @@ class _Driver:
                 ray.kill(self.board)
             except Exception:
                 pass
+            for marker in self.out.glob(f".avseg-ray-avseg-{self.token}-*.json"):  # of actors still starting at the end
+                marker.unlink(missing_ok=True)
         info = {"address": self.opts.address or "local", "actors": self.num_actors, "gpus_per_actor": self.gpa,
                 "cpus_per_actor": self.cpa, "cluster": self.cluster, "retries": self.opts.retries,
                 "nodes": [{"node_id": k, **v} for k, v in nodes.items()], "lost": lost}
