@@ -102,7 +102,7 @@ def run(
     sheet: bool = typer.Option(False, "--sheet", help="Also write DIR/<stem>/sheet.png: every sampled frame with its mask in one grid (as avseg render --sheet)."),
     start: Optional[float] = typer.Option(None, "--start", help="Segment only frames at or after this time (seconds on the source's timeline)."),
     end: Optional[float] = typer.Option(None, "--end", help="Segment only frames before this time (seconds)."),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (the [ray] extra): local (start an instance on this machine), auto (the cluster joined with `ray start`), host:port or ray://host:port. --out must be shared by every node."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (needs the optional ray extra): local (start an instance on this machine), auto (the cluster joined with `ray start`), host:port or ray://host:port. --out must be shared by every node."),
     ray_actors: int = typer.Option(0, "--ray-actors", help="With --ray: actors, each with its own loaded model and decoding inline (0 = as many as the cluster's GPUs, or CPUs, allow)."),
     ray_gpus_per_actor: Optional[float] = typer.Option(None, "--ray-gpus-per-actor", help="With --ray: GPUs per actor (0.25 = four actors share a GPU; default 1 when the cluster has GPUs, else 0)."),
     ray_cpus_per_actor: float = typer.Option(1.0, "--ray-cpus-per-actor", help="With --ray: CPU cores per actor."),
