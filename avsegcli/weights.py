@@ -233,10 +233,12 @@ def read_checkpoint(path: str | Path) -> tuple[AVSegFormer, LoadReport]:
     return model.eval(), report
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> AVSegFormer:
-    """An official ``.pth`` or one of ours -> the model in eval mode on ``device``."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", impl: str = "fast") -> AVSegFormer:
+    """An official ``.pth`` or one of ours -> the model in eval mode on ``device``. ``impl``: ``"fast"`` (default;
+    the same function within float rounding, see :meth:`AVSegFormer.set_impl`) or ``"reference"`` (the released
+    arithmetic, op for op)."""
     model, _ = read_checkpoint(path)
-    return model.to(device)
+    return model.to(device).set_impl(impl)
 
 
 def save_checkpoint(model: AVSegFormer, path: str | Path, extra_metadata: dict[str, str] | None = None,

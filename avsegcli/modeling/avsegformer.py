@@ -12,8 +12,17 @@ from avsegcli.modeling.head import AVSegHead
 from avsegcli.modeling.vggish import VGGish
 
 
+IMPLS = ("reference", "fast")
+
+
 class AVSegFormer(nn.Module):
-    """The whole model. ``config`` (the preset dict it was built from) travels with it into checkpoints."""
+    """The whole model. ``config`` (the preset dict it was built from) travels with it into checkpoints.
+
+    Execution (no effect on the weights or the state dict): :meth:`set_impl` picks the reference arithmetic or
+    the fast path; :meth:`cast_for_inference` stores the weights once in a reduced working dtype.
+    """
+
+    impl: str = "reference"
 
     def __init__(self, *, backbone: nn.Module, vggish: VGGish, head: AVSegHead, audio_dim: int, dim: int, config: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -26,6 +35,36 @@ class AVSegFormer(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.head.fc[-1].out_channels
+
+    @property
+    def working_dtype(self) -> torch.dtype:
+        """The dtype of the visual path's weights: float32, or what :meth:`cast_for_inference` set."""
+        return self.head.level_embed.dtype
+
+    def set_impl(self, impl: str) -> AVSegFormer:
+        """``"reference"``: the released arithmetic, op for op (contiguous NCHW). ``"fast"``: the same function
+        with fewer FLOPs and copies: channels_last convolutions, the query product folded into the first
+        query-MLP layer and that MLP run as pixel GEMMs (:meth:`QueryMLP.forward_folded`); equal within float
+        rounding (tests: logits within 1e-4)."""
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; expected one of {', '.join(IMPLS)}")
+        self.impl = impl
+        for module in self.modules():
+            if "impl" in type(module).__dict__:  # the modules with a fast variant
+                module.impl = impl
+        return self.to(memory_format=torch.channels_last if impl == "fast" else torch.contiguous_format)
+
+    def cast_for_inference(self, dtype: torch.dtype) -> AVSegFormer:
+        """Store the weights once in ``dtype`` (bf16/fp16) for inference. Kept in float32: VGGish and the audio
+        projection (run once per audio second), the norms (their statistics), and the last 1x1 convolutions
+        that produce the logits; the deformable attention samples in float32 on its own."""
+        keep = [self.vggish, self.audio_proj, self.head.fc[-1], self.head.attn_fc[-1]]
+        keep += [m for m in self.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))]
+        kept = {id(t) for m in keep for t in [*m.parameters(), *m.buffers()]}
+        for t in [*self.parameters(), *self.buffers()]:  # buffers: batch-norm statistics
+            if id(t) not in kept and t.is_floating_point():
+                t.data = t.data.to(dtype)
+        return self
 
     def embed_audio(self, log_mel: Tensor) -> Tensor:
         """``log_mel``: ``[N, 1, 96, 64]`` -> VGGish embedding ``[N, 128]``. Run it once per audio chunk."""
@@ -56,18 +95,22 @@ class AVSegFormer(nn.Module):
             if log_mel is None:
                 raise ValueError("give log_mel or audio_embedding")
             audio_embedding = self.embed_audio(log_mel)
-        audio = self.audio_proj(audio_embedding[:, None, :])  # [N, 1, dim]
-        feats = self.backbone(frames)
-        flag = None if frame_valid is None else frame_valid.to(frames.dtype).view(-1, 1, 1, 1)
+        dtype = self.working_dtype
+        audio = self.audio_proj(audio_embedding[:, None, :].float()).to(dtype)  # [N, 1, dim]
+        size = frames.shape[-2:]
+        if self.impl == "fast":
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        feats = self.backbone(frames.to(dtype))
+        flag = None if frame_valid is None else frame_valid.to(feats[0].dtype).view(-1, 1, 1, 1)
         if flag is not None:
             feats = [f * flag for f in feats]
         out = self.head(feats, audio, return_intermediate=return_intermediate)
-        size = frames.shape[-2:]
         if out["pred_masks"].shape[-2:] != size:
             out["pred_masks"] = F.interpolate(out["pred_masks"], size=size, mode="bilinear", align_corners=False)
             if return_intermediate:
                 out["intermediate_masks"] = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in out["intermediate_masks"]]
         if flag is not None:
+            flag = flag.float()
             out["pred_masks"] = out["pred_masks"] * flag
             out["mask_feature"] = out["mask_feature"] * flag
             if return_intermediate:

@@ -50,8 +50,41 @@ def ms_deform_attn(
     return out.view(n, m * d, lq).transpose(1, 2).contiguous()
 
 
+def ms_deform_attn_accumulate(
+    value: Tensor,
+    spatial_shapes: Sequence[tuple[int, int]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """:func:`ms_deform_attn` (same arguments, same result within float rounding), the fast path's choice.
+
+    The sampling points are laid out as rows (``[N*M, D, P, Lq]``, query index innermost) and each point's
+    samples are multiplied by its weights and added into one ``[N*M, D, Lq]`` accumulator (``addcmul_``): no
+    ``[.., L*P]`` concatenation and no reduction over a 4-wide innermost axis.
+    """
+    n, _, m, d = value.shape
+    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+    value_list = value.split([h * w for h, w in spatial_shapes], dim=1)
+    # [N, Lq, M, L, P, 2] -> [L, N*M, P, Lq, 2];  [N, Lq, M, L, P] -> [L, P, N*M, 1, Lq]
+    grids = (2 * sampling_locations - 1).permute(3, 0, 2, 4, 1, 5).reshape(num_levels, n * m, num_points, lq, 2)
+    weights = attention_weights.permute(3, 4, 0, 2, 1).reshape(num_levels, num_points, n * m, 1, lq)
+    out = value.new_zeros(n * m, d, lq)
+    for lvl, (h, w) in enumerate(spatial_shapes):
+        v = value_list[lvl].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
+        sampled = F.grid_sample(v, grids[lvl], mode="bilinear", padding_mode="zeros", align_corners=False)  # [N*M, D, P, Lq]
+        for p in range(num_points):
+            out.addcmul_(sampled[:, :, p], weights[lvl, p])
+    return out.view(n, m * d, lq).transpose(1, 2).contiguous()
+
+
 class MSDeformAttn(nn.Module):
-    """Multi-scale deformable attention with learned offsets and weights (state-dict names as released)."""
+    """Multi-scale deformable attention with learned offsets and weights (state-dict names as released).
+
+    ``impl``: ``"reference"`` samples with :func:`ms_deform_attn`, ``"fast"`` with
+    :func:`ms_deform_attn_accumulate` (set by ``AVSegFormer.set_impl``).
+    """
+
+    impl: str = "reference"
 
     def __init__(self, *, dim: int = 256, num_levels: int = 3, num_heads: int = 8, num_points: int = 4) -> None:
         super().__init__()
@@ -103,9 +136,25 @@ class MSDeformAttn(nn.Module):
         m, lv, p = self.num_heads, self.num_levels, self.num_points
         v = self.value_proj(value).view(n, s, m, self.dim // m)
         offsets = self.sampling_offsets(query).view(n, lq, m, lv, p, 2)
-        weights = self.attention_weights(query).view(n, lq, m, lv * p).softmax(-1).view(n, lq, m, lv, p)
-        # offsets are in pixels of each level: normalise by (W_l, H_l)
-        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=offsets.device)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        out = ms_deform_attn(v, spatial_shapes, locations, weights)
-        return self.output_proj(out)
+        weights = self.attention_weights(query).view(n, lq, m, lv * p).float().softmax(-1).view(n, lq, m, lv, p)
+        # offsets are in pixels of each level: normalise by (W_l, H_l). The locations and the bilinear sampling are
+        # computed in float32 whatever the working dtype (a bf16 location is off by up to a quarter pixel at 64 px).
+        normalizer = _level_normalizer(tuple(spatial_shapes), offsets.device)
+        locations = reference_points.float()[:, :, None, :, None, :] + offsets.float() / normalizer[None, None, None, :, None, :]
+        sample = ms_deform_attn_accumulate if self.impl == "fast" else ms_deform_attn
+        out = sample(v.float(), spatial_shapes, locations, weights)
+        return self.output_proj(out.to(query.dtype))
+
+
+_NORMALIZERS: dict[tuple, Tensor] = {}
+
+
+def _level_normalizer(spatial_shapes: tuple[tuple[int, int], ...], device: torch.device) -> Tensor:
+    """``[L, 2]`` float32 (W_l, H_l), built once per shape and device (no host-to-device copy per layer)."""
+    key = (tuple((int(h), int(w)) for h, w in spatial_shapes), str(device))
+    norm = _NORMALIZERS.get(key)
+    if norm is None:
+        with torch.inference_mode(False):  # a normal tensor: usable by autograd after an inference-mode call
+            norm = torch.tensor([[w, h] for h, w in key[0]], dtype=torch.float32, device=device)
+        _NORMALIZERS[key] = norm
+    return norm

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avsegcli.modeling import upconv
 from avsegcli.modeling.deform_attn import MSDeformAttn
 from avsegcli.modeling.mixer import CrossModalMixer
 from avsegcli.modeling.position import SinePositionalEncoding
@@ -41,6 +42,40 @@ class QueryMLP(nn.Module):
                 x = F.relu(x)
         return x
 
+    def forward_folded(self, queries: Tensor, feature: Tensor, chunk: int = 2048) -> Tensor:
+        """``feature + forward(einsum("bqc,bchw->bqhw", queries, feature))`` as GEMMs over pixels (the fast path).
+
+        The query product is folded into the first layer, ``W1 (q F) = (W1 q) F``: one ``[hidden, C]`` matrix per
+        sample replaces the ``[Q, H*W]`` map. Then ``[pixels, channels]`` GEMMs with fused bias (addmm) and
+        in-place ReLU, ``chunk`` pixels at a time, written into a channels-last result (no layout copies).
+
+        Args:
+            queries: ``[N, Q, C]``; feature: ``[N, C, H, W]`` (a view, no copy, when channels_last).
+        Returns ``[N, C, H, W]`` in channels_last memory, the same dtype as ``feature``.
+        """
+        n, c, h, w = feature.shape
+        x = feature.permute(0, 2, 3, 1).reshape(n, h * w, c)  # [N, P, C]
+        first, *middle, last = self.layers
+        w1 = torch.matmul(first.weight.flatten(1), queries).transpose(1, 2)  # [N, C, hidden] = (W1 q)^T
+        grad = torch.is_grad_enabled()  # with autograd: chunks are concatenated instead of written in place
+        out = None if grad else torch.empty(n, h * w, last.out_channels, dtype=x.dtype, device=x.device)  # [N, P, C]
+        parts = []
+        for b in range(n):
+            for i in range(0, h * w, chunk):
+                xb = x[b, i:i + chunk]  # [p, C]
+                y = torch.addmm(first.bias, xb, w1[b]).relu_()  # [p, hidden]
+                for layer in middle:
+                    y = torch.addmm(layer.bias, y, layer.weight.flatten(1).t()).relu_()
+                if grad:
+                    parts.append(torch.addmm(last.bias, y, last.weight.flatten(1).t()) + xb)
+                else:
+                    res = out[b, i:i + chunk]
+                    torch.addmm(last.bias, y, last.weight.flatten(1).t(), out=res)
+                    res += xb
+        if grad:
+            out = torch.cat(parts).view(n, h * w, -1)
+        return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+
 
 class SimpleFPN(nn.Module):
     """Three upsample-conv steps from stride 32 to stride 4, adding the stride-16 and stride-8 maps on the way."""
@@ -58,6 +93,26 @@ class SimpleFPN(nn.Module):
         return self.up3(x)
 
 
+def run_mask_convs(convs: nn.Sequential, x: Tensor, fast: bool = False) -> Tensor:
+    """Apply :func:`_mask_convs`' layers; the last 1x1 convolution (the logits) runs in its weight's dtype with
+    autocast off, so logits are float32 whatever the working precision (float32 weights are kept there).
+    ``fast``: the upsampling and the 3x3 convolution after it run as one phase convolution
+    (:func:`~avsegcli.modeling.upconv.upsample_conv3x3`, the same function)."""
+    layers = list(convs[:-1])
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if fast and isinstance(layer, Interpolate) and i + 1 < len(layers) and upconv.can_use(x, layers[i + 1], layer.scale_factor):
+            x = upconv.upsample_conv3x3(x, layers[i + 1], int(layer.scale_factor))
+            i += 2
+            continue
+        x = layer(x)
+        i += 1
+    last = convs[-1]
+    with torch.autocast(x.device.type, enabled=False):
+        return last(x.to(last.weight.dtype))
+
+
 def _mask_convs(dim: int, num_classes: int, scale_factor: int, widths: Sequence[int]) -> nn.Sequential:
     """Output convolutions: 3x3 to ``widths[0]`` (128 released), bilinear upsampling, 3x3 to ``widths[1]``
     (32 released), ReLU, 1x1 to the classes."""
@@ -72,7 +127,13 @@ def _mask_convs(dim: int, num_classes: int, scale_factor: int, widths: Sequence[
 
 
 class AVSegHead(nn.Module):
-    """Turns four visual maps and the projected audio feature into per-pixel logits."""
+    """Turns four visual maps and the projected audio feature into per-pixel logits.
+
+    ``impl`` chooses the arithmetic of the query-MLP step: ``"reference"`` (the released op order: einsum, 1x1
+    convolutions over the query axis) or ``"fast"`` (:meth:`QueryMLP.forward_folded`; equal within float rounding).
+    """
+
+    impl: str = "reference"
 
     def __init__(
         self,
@@ -149,8 +210,11 @@ class AVSegHead(nn.Module):
         mask_feature = lateral + F.interpolate(levels[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
         mask_feature = self.fusion_block(self.out_conv(mask_feature), audio)  # [N, C, H/4, W/4]
 
-        pred = torch.einsum("bqc,bchw->bqhw", outputs[-1], mask_feature)  # [N, Q, H/4, W/4]
-        pred = self.fc(mask_feature + self.mlp(pred))  # [N, K, H, W]
+        if self.impl == "fast":
+            pred = run_mask_convs(self.fc, self.mlp.forward_folded(outputs[-1], mask_feature), fast=True)  # [N, K, H, W]
+        else:
+            pred = torch.einsum("bqc,bchw->bqhw", outputs[-1], mask_feature)  # [N, Q, H/4, W/4]
+            pred = run_mask_convs(self.fc, mask_feature + self.mlp(pred))  # [N, K, H, W]
         out: dict[str, Tensor | list[Tensor]] = {"pred_masks": pred, "mask_feature": mask_feature, "queries": outputs[-1]}
         if return_intermediate:
             out["intermediate_masks"] = [self.intermediate_mask(q, a, shapes) for q, a in zip(outputs, attns)]
@@ -160,7 +224,7 @@ class AVSegHead(nn.Module):
         """The paper's per-layer mask: queries ``[N, Q, C]`` weighted by their cross-attention map ``[N, Q, S]``,
         split back into the three levels, through the FPN and the output convolutions: ``[N, K, H, W]``."""
         maps = torch.einsum("bqc,bqs->bcs", queries, attn)  # [N, C, S]
-        return self.attn_fc(self.fpn(self._split_levels(maps, shapes)))
+        return run_mask_convs(self.attn_fc, self.fpn(self._split_levels(maps, shapes)), fast=self.impl == "fast")
 
     @staticmethod
     def _split_levels(x: Tensor, shapes: Sequence[tuple[int, int]]) -> list[Tensor]:

@@ -15,7 +15,16 @@ class SinePositionalEncoding(nn.Module):
         self.temperature = temperature
 
     def forward(self, height: int, width: int, device: torch.device | None = None) -> Tensor:
-        """Returns ``[1, 2 * num_feats, height, width]`` float32 (y features first, then x)."""
+        """Returns ``[1, 2 * num_feats, height, width]`` float32 (y features first, then x); computed once per
+        size and device (it has no parameters), then reused."""
+        key = (int(height), int(width), str(device))
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            with torch.inference_mode(False):  # a normal tensor: usable by autograd after an inference-mode call
+                cache[key] = self._encode(height, width, device)
+        return cache[key]
+
+    def _encode(self, height: int, width: int, device: torch.device | None) -> Tensor:
         y = torch.arange(1, height + 1, dtype=torch.float32, device=device)[:, None].expand(height, width)
         x = torch.arange(1, width + 1, dtype=torch.float32, device=device)[None, :].expand(height, width)
         dim_t = torch.arange(self.num_feats, dtype=torch.float32, device=device)

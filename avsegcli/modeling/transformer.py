@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from avsegcli.modeling.attention import multihead_attention
 from avsegcli.modeling.deform_attn import MSDeformAttn
 
 
@@ -51,7 +52,7 @@ class Encoder(nn.Module):
 
     def forward(self, src: Tensor, pos: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
         """``src``, ``pos``: ``[N, S, C]`` (pos includes the level embedding). Returns the memory ``[N, S, C]``."""
-        ref = self.reference_points(spatial_shapes, src.shape[0], src.device).to(src.dtype)
+        ref = self.reference_points(spatial_shapes, src.shape[0], src.device)  # float32 in every working dtype
         for layer in self.layers:
             src = layer(src, pos, ref, spatial_shapes)
         return src
@@ -59,6 +60,8 @@ class Encoder(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Query self-attention, cross-attention to the encoder memory, GELU FFN; post-norm, no positional terms."""
+
+    impl: str = "reference"  # "fast": attention through :func:`multihead_attention` unless maps are asked for
 
     def __init__(self, *, dim: int, ffn_dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
@@ -81,8 +84,12 @@ class DecoderLayer(nn.Module):
         Returns the new queries ``[N, Q, C]`` and, when ``need_attn``, the cross-attention map averaged over
         heads ``[N, Q, S]`` (else None).
         """
-        query = self.norm1(query + self.dropout1(self.self_attn(query, query, query, need_weights=False)[0]))
-        out, attn = self.cross_attn(query, memory, memory, need_weights=need_attn, average_attn_weights=True)
+        if self.impl == "fast" and not need_attn and not self.training:
+            query = self.norm1(query + multihead_attention(self.self_attn, query, query, query))
+            out, attn = multihead_attention(self.cross_attn, query, memory, memory), None
+        else:
+            query = self.norm1(query + self.dropout1(self.self_attn(query, query, query, need_weights=False)[0]))
+            out, attn = self.cross_attn(query, memory, memory, need_weights=need_attn, average_attn_weights=True)
         query = self.norm2(query + self.dropout2(out))
         ffn = self.linear2(self.dropout3(self.activation(self.linear1(query))))
         return self.norm3(query + self.dropout4(ffn)), attn

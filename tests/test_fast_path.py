@@ -1,0 +1,178 @@
+"""The fast inference path equals the reference arithmetic within float rounding, piece by piece and whole.
+
+Measured on the 2-core CPU (float32): tiny preset 1.5e-6 max logit difference, s4-r50 at 512 ~3e-5 (logit std
+~5), avss-pvt2 at 224 ~1e-5; each piece in float64 to 1e-14.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import avsegcli
+from avsegcli.modeling.attention import multihead_attention
+from avsegcli.modeling.deform_attn import ms_deform_attn, ms_deform_attn_accumulate
+from avsegcli.modeling.upconv import _phase_taps, upsample_conv3x3
+from avsegcli.weights import load_model, save_checkpoint
+
+
+def _pair(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    ref = avsegcli.build_model(name)
+    fast = copy.deepcopy(ref).set_impl("fast")
+    return ref, fast
+
+
+@pytest.mark.parametrize("c,o,h,w,s", [(8, 4, 5, 7, 4), (16, 8, 3, 3, 2), (32, 16, 9, 6, 4), (4, 3, 6, 4, 3)])
+def test_upsample_conv_equals_conv_of_upsample(c, o, h, w, s):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c, o, 3, padding=1).double()
+    x = torch.randn(2, c, h, w, dtype=torch.float64)
+    ref = conv(F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False))
+    got = upsample_conv3x3(x, conv, s)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max() < 1e-12  # measured 3e-15
+
+
+def test_phase_taps_are_pytorch_bilinear_weights():
+    """Each row of taps sums to 1 and reproduces F.interpolate on a random column (replicate-padded)."""
+    for s in (2, 3, 4):
+        taps = _phase_taps(s)
+        assert torch.allclose(taps.sum(-1), torch.ones(s, 3, dtype=torch.float64))
+        y = torch.randn(9, dtype=torch.float64)
+        up = F.interpolate(y[None, None, :, None], scale_factor=(s, 1), mode="bilinear", align_corners=False)[0, 0, :, 0]
+        ypad = torch.cat([y[:1], y, y[-1:]])
+        for i in range(1, 8):  # interior rows: every tap of the phase formula is a real upsampled row
+            for a in range(s):
+                for d in (-1, 0, 1):
+                    want = up[s * i + a + d]
+                    got = (taps[a, d + 1] * ypad[i:i + 3]).sum()
+                    assert abs(float(want - got)) < 1e-12
+
+
+def test_deform_attn_accumulate_equals_reference():
+    torch.manual_seed(0)
+    shapes = [(6, 5), (3, 3), (2, 1)]
+    s = sum(h * w for h, w in shapes)
+    value = torch.randn(2, s, 4, 3, dtype=torch.float64)
+    loc = torch.rand(2, 7, 4, 3, 2, 2, dtype=torch.float64) * 1.4 - 0.2  # some points outside the map
+    weights = torch.rand(2, 7, 4, 3, 2, dtype=torch.float64)
+    ref = ms_deform_attn(value, shapes, loc, weights)
+    got = ms_deform_attn_accumulate(value, shapes, loc, weights)
+    assert (got - ref).abs().max() < 1e-13
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_multihead_attention_equals_module(bias):
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4, bias=bias, batch_first=True).eval()
+    q, kv = torch.randn(3, 7, 32), torch.randn(3, 5, 32)
+    with torch.no_grad():
+        self_ref = mha(q, q, q, need_weights=False)[0]
+        cross_ref = mha(q, kv, kv, need_weights=False)[0]
+        assert (multihead_attention(mha, q, q, q) - self_ref).abs().max() < 1e-6
+        assert (multihead_attention(mha, q, kv, kv) - cross_ref).abs().max() < 1e-6
+
+
+def test_fast_equals_reference_tiny_all_outputs():
+    ref, fast = _pair("tiny")
+    x, a = torch.randn(3, 3, 64, 64), torch.randn(3, 1, 96, 64)
+    with torch.inference_mode():
+        r = ref(x, a, return_intermediate=True)
+        f = fast(x, a, return_intermediate=True)
+    assert (f["pred_masks"] - r["pred_masks"]).abs().max() < 1e-5  # measured 1.5e-6
+    assert (f["mask_feature"] - r["mask_feature"]).abs().max() < 1e-5
+    for fi, ri in zip(f["intermediate_masks"], r["intermediate_masks"]):
+        assert (fi - ri).abs().max() < 1e-5
+    # the reference path is untouched: set back to reference, the outputs are the reference's bit for bit
+    fast.set_impl("reference")
+    with torch.inference_mode():
+        assert torch.equal(fast(x, a)["pred_masks"], ref(x, a)["pred_masks"])
+
+
+@pytest.mark.parametrize("name", ["s4-r50", "avss-pvt2"])
+def test_fast_equals_reference_full_size(name):
+    ref, fast = _pair(name)
+    size = ref.config["image_size"]
+    x, a = torch.randn(1, 3, size, size), torch.randn(1, 1, 96, 64)
+    with torch.inference_mode():
+        emb = ref.embed_audio(a)
+        r = ref(x, audio_embedding=emb)["pred_masks"]
+        f = fast(x, audio_embedding=emb)["pred_masks"]
+    diff = (f - r).abs().max().item()
+    print(f"{name}: fast vs reference max |logit diff| {diff:.2e} (logit std {r.std().item():.3f})")
+    assert diff <= 1e-4
+
+
+def test_load_model_impl_and_fast_backward(tmp_path):
+    """load_model picks the impl; the fast path also trains (same gradients within rounding)."""
+    torch.manual_seed(0)
+    model = avsegcli.build_model("tiny")
+    path = save_checkpoint(model, tmp_path / "t.safetensors")
+    assert load_model(path).impl == "fast" and load_model(path, impl="reference").impl == "reference"
+    with pytest.raises(ValueError):
+        load_model(path, impl="turbo")
+    ref, fast = _pair("tiny")
+    x, a = torch.randn(2, 3, 64, 64), torch.randn(2, 1, 96, 64)
+    ref(x, a)["pred_masks"].square().sum().backward()
+    fast(x, a)["pred_masks"].square().sum().backward()
+    for (name, pr), pf in zip(ref.named_parameters(), fast.parameters()):
+        if pr.grad is not None:
+            assert torch.allclose(pf.grad, pr.grad, atol=1e-4, rtol=1e-3), name
+
+
+def test_cast_for_inference_keeps_sensitive_parts_float32():
+    torch.manual_seed(0)
+    model = avsegcli.build_model("tiny").set_impl("fast").cast_for_inference(torch.bfloat16)
+    assert model.working_dtype == torch.bfloat16
+    assert model.head.fc[-1].weight.dtype == torch.float32 and model.audio_proj.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.vggish.parameters())
+    assert all(m.weight.dtype == torch.float32 for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm)))
+    assert model.head.transformer.encoder.layers[0].linear1.weight.dtype == torch.bfloat16
+    seen = {}
+
+    def grab(fn):
+        def wrapper(value, shapes, locations, weights):
+            seen["locations"], seen["value"] = locations.dtype, value.dtype
+            return fn(value, shapes, locations, weights)
+        return wrapper
+
+    import avsegcli.modeling.deform_attn as da
+    orig = da.ms_deform_attn_accumulate
+    da.ms_deform_attn_accumulate = grab(orig)
+    feats_dtype = {}
+    hook = model.head.register_forward_pre_hook(lambda mod, args: feats_dtype.update(f={t.dtype for t in args[0]}))
+    try:
+        with torch.inference_mode():
+            out = model(torch.randn(2, 3, 64, 64), torch.randn(2, 1, 96, 64), frame_valid=torch.tensor([1.0, 0.0]))
+    finally:
+        da.ms_deform_attn_accumulate = orig
+        hook.remove()
+    assert out["pred_masks"].dtype == torch.float32  # logits in float32
+    assert seen == {"locations": torch.float32, "value": torch.float32}  # sampling in float32
+    assert feats_dtype["f"] == {torch.bfloat16}  # the valid-frame flag does not upcast the features
+    assert out["pred_masks"][1].abs().max() == 0
+
+
+def test_autocast_reference_keeps_logits_and_locations_float32():
+    """The reference path under bf16 autocast (the CUDA way, checked on the CPU): float32 logits and sampling."""
+    torch.manual_seed(0)
+    model = avsegcli.build_model("tiny")
+    seen = {}
+    import avsegcli.modeling.deform_attn as da
+    orig = da.ms_deform_attn
+
+    def spy(value, shapes, locations, weights):
+        seen["locations"] = locations.dtype
+        return orig(value, shapes, locations, weights)
+
+    da.ms_deform_attn = spy
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(torch.randn(2, 3, 64, 64), torch.randn(2, 1, 96, 64), frame_valid=torch.tensor([1.0, 1.0]))
+    finally:
+        da.ms_deform_attn = orig
+    assert out["pred_masks"].dtype == torch.float32 and seen["locations"] == torch.float32
