@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from avsegcli import precision as precision_modes
 from avsegcli.errors import AvsegError, CheckpointError
 from avsegcli.feed import device_frames, logits_to_masks, to_device
 from avsegcli.weights import RELEASED, load_model, sha256sum
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_WEIGHTS_NAME = "avseg-synth-s4.safetensors"
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = precision_modes.DTYPES  # the concrete modes; "auto" resolves to one of them (avsegcli.precision)
 
 
 def default_weights() -> Path:
@@ -84,20 +84,31 @@ class FrameResult:
 
 
 class Predictor:
-    """Loads the model once; ``predict_video`` / ``predict_frames`` run it with the checkpoint's preprocessing."""
+    """Loads the model once; ``predict_video`` / ``predict_frames`` run it with the checkpoint's preprocessing.
 
-    def __init__(self, weights: str | Path | None = None, *, device: str | torch.device = "auto", precision: str = "fp32",
-                 batch_size: int = 8, fps: float | None = 1.0) -> None:
-        if precision not in PRECISIONS:
-            raise AvsegError(f"unknown precision {precision!r} (fp32, fp16 or bf16)")
+    ``precision``: ``auto`` (default: bf16 where native and faster, else fp32), ``fp32``, ``tf32``, ``bf16`` or
+    ``fp16`` (:mod:`avsegcli.precision`); ``impl``: ``fast`` (default) or ``reference`` (the released arithmetic,
+    op for op); ``compile``: run the model through ``torch.compile`` (first batches pay the compile time).
+    """
+
+    def __init__(self, weights: str | Path | None = None, *, device: str | torch.device = "auto", precision: str = "auto",
+                 batch_size: int = 8, fps: float | None = 1.0, impl: str = "fast", compile: bool = False) -> None:
         if batch_size < 1:
             raise AvsegError(f"batch size must be at least 1, got {batch_size}")
+        if impl not in ("fast", "reference"):
+            raise AvsegError(f"unknown impl {impl!r} (fast or reference)")
         self.weights = Path(weights) if weights is not None else default_weights()
         self.device = resolve_device(device)
-        self.precision = precision
+        self.requested_precision = precision
+        self.precision = precision_modes.resolve(precision, self.device)
+        self.impl = impl
+        self.compiled = compile
         self.batch_size = batch_size
         self.fps = fps
-        self.model = load_model(self.weights, device=self.device)
+        self.model = load_model(self.weights, device=self.device, impl=impl)
+        if precision_modes.casts_weights(self.precision, self.device):
+            self.model.cast_for_inference(PRECISIONS[self.precision])
+        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
         self.config: dict[str, Any] = self.model.config
         self.image_size: int = int(self.config["image_size"])
         self.via: int | None = self.config.get("frame_resize_via")
@@ -113,13 +124,14 @@ class Predictor:
 
     def model_info(self) -> dict[str, Any]:
         return {"weights": str(self.weights), "sha256": self.sha256, "preset": self.config.get("name"), "task": self.config.get("task"),
-                "num_classes": self.num_classes, "image_size": self.image_size, "device": str(self.device), "precision": self.precision}
+                "num_classes": self.num_classes, "image_size": self.image_size, "device": str(self.device), "precision": self.precision,
+                "precision_requested": self.requested_precision, "impl": self.impl, "compiled": self.compiled}
 
     def autocast(self):
-        """The autocast context for this predictor's precision (a no-op for fp32)."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
+        """The context every forward of this predictor runs in: the precision's float32 arithmetic switches
+        (cuDNN/cuBLAS ``ieee`` or ``tf32``) and its autocast (a no-op for float32 modes and cast weights)."""
+        precision_modes.apply_matmul_mode(self.precision, self.device)
+        return precision_modes.autocast(self.precision, self.device)
 
     @torch.inference_mode()
     def logits(self, frames: torch.Tensor, chunk_log_mel: torch.Tensor, chunk_rows: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -132,7 +144,7 @@ class Predictor:
         log_mel = to_device(chunk_log_mel, self.device)
         with self.autocast():
             emb = self.model.embed_audio(log_mel)
-            out = self.model(x, audio_embedding=emb[rows])
+            out = self._forward(x, audio_embedding=emb[rows])
         return out["pred_masks"].float()
 
     def to_masks(self, logits: torch.Tensor, size: tuple[int, int], with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:

@@ -112,7 +112,7 @@ def evaluate(
     protocol: str = typer.Option("both", "--protocol", help="official (the paper's numbers), per-frame (batch independent) or both."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Clips per batch (default 2 for S4/MS3 = the official 10 frames, 4 for AVSS)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (autocast)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (default here: the paper's numbers), auto, tf32 (CUDA), bf16 or fp16."),
     save_pred: Optional[Path] = typer.Option(None, "--save-pred", help="With --weights: also save the predicted masks here, in the benchmark's layout."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write every number as JSON to this file ('-' for stdout, no table)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N clips of the split."),
