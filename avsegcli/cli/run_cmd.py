@@ -123,6 +123,10 @@ def run(
 
     check_run_flags(fps=fps, batch_size=batch_size, workers=workers)  # nan, inf, negative...: usage errors
     set_verbosity(verbose, quiet)
+    if verbose:  # decode workers keep their stderr (normally /dev/null: native decoder noise)
+        import os
+
+        os.environ.setdefault("AVSEG_WORKER_STDERR", "1")
     from avsegcli.media.sampling import check_window
 
     check_window(start, end)
