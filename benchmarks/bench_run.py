@@ -108,17 +108,18 @@ def model_fps(pred: Predictor, frames: list, batch: int, warmup: int, masks: boo
     return res
 
 
-def bench(args, name: str, videos: list[Path], tmp: Path, precision: str, batch: int, reference: bool) -> dict:
+def bench(args, name: str, videos: list[Path], tmp: Path, precision: str, batch: int, reference: bool,
+          impl: str = "fast") -> dict:
     cfg = preset(name, **({"image_size": args.size} if args.size else {}))
     ckpt = tmp / f"{name}-{cfg['image_size']}.safetensors"
     if not ckpt.exists():
         torch.manual_seed(0)
         save_checkpoint(build_model(cfg), ckpt)
     if reference:
-        precision, batch = "fp32", 1
-    pred = Predictor(ckpt, device=args.device, precision=precision, batch_size=batch)
+        precision, batch, impl = "fp32", 1, "reference"
+    pred = Predictor(ckpt, device=args.device, precision=precision, batch_size=batch, impl=impl)
     workers = default_workers(pred.device, jobs=len(videos)) if args.workers is None else args.workers
-    row = {"preset": name, "size": pred.image_size, "precision": precision, "batch": batch, "workers": workers,
+    row = {"preset": name, "size": pred.image_size, "precision": pred.precision, "impl": impl, "batch": batch, "workers": workers,
            "device": str(pred.device)}
     if pred.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -141,7 +142,8 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["s4-r50"])
     ap.add_argument("--size", type=int, default=0, help="model input size (0 = the preset's)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--precision", nargs="+", default=["fp32"])
+    ap.add_argument("--precision", nargs="+", default=["auto"], help="auto (the default of avseg run), fp32, tf32, bf16, fp16")
+    ap.add_argument("--impl", nargs="+", default=["fast"], help="fast (default) and/or reference (the authors' arithmetic)")
     ap.add_argument("--batch", nargs="+", type=int, default=[32])
     ap.add_argument("--workers", type=int, default=None, help="decode processes (default: as avseg run)")
     ap.add_argument("--videos", type=int, default=8)
@@ -169,23 +171,23 @@ def main() -> None:
             videos.append(v)
         print(f"{len(videos)} generated videos ({time.perf_counter() - t:.1f} s), {args.seconds} s each, {w}x{h} @ 25 fps, "
               f"sampled at {args.fps:g} fps")
-        head = (f"{'preset':10} {'size':>4} {'prec':5} {'batch':>5} {'frames':>6} {'decode f/s':>10} {'model f/s':>9} "
+        head = (f"{'preset':10} {'size':>4} {'impl':9} {'prec':5} {'batch':>5} {'frames':>6} {'decode f/s':>10} {'model f/s':>9} "
                 f"{'run f/s':>8} {'GPU ms/f':>8} {'peak MiB':>8}  bottleneck")
         print(head)
-        configs = [(n, p, b, False) for n in args.presets for p in args.precision for b in args.batch]
+        configs = [(n, p, b, False, i) for n in args.presets for i in args.impl for p in args.precision for b in args.batch]
         if args.reference:
-            configs = [(n, "fp32", 1, True) for n in args.presets] + configs
-        for name, prec, batch, ref in configs:
-            r = bench(args, name, videos, tmp, prec, batch, ref)
+            configs = [(n, "fp32", 1, True, "reference") for n in args.presets] + configs
+        for name, prec, batch, ref, impl in configs:
+            r = bench(args, name, videos, tmp, prec, batch, ref, impl)
             m = r["model"]
             gpu = f"{m['gpu_ms_per_frame']:8.2f}" if "gpu_ms_per_frame" in m else f"{'-':>8}"
             peak = f"{m['peak_mib']:8.0f}" if "peak_mib" in m else f"{'-':>8}"
             if ref:
-                print(f"{name:10} {r['size']:>4} {'ref':5} {1:>5} {r['frames']:>6} {'-':>10} {m['fps']:9.2f} {'-':>8} {gpu} {peak}"
+                print(f"{name:10} {r['size']:>4} {'reference':9} {'fp32':5} {1:>5} {r['frames']:>6} {'-':>10} {m['fps']:9.2f} {'-':>8} {gpu} {peak}"
                       "  (authors' way: fp32 model alone, batch 1)", flush=True)
                 continue
             neck = "decode" if r["decode"] < m["fps"] else "model"
-            print(f"{name:10} {r['size']:>4} {prec:5} {batch:>5} {r['frames']:>6} {r['decode']:10.2f} {m['fps']:9.2f} "
+            print(f"{name:10} {r['size']:>4} {impl:9} {r['precision']:5} {batch:>5} {r['frames']:>6} {r['decode']:10.2f} {m['fps']:9.2f} "
                   f"{r['run']:8.2f} {gpu} {peak}  {neck} ({r['workers']} decode workers)", flush=True)
 
 

@@ -1,0 +1,165 @@
+"""Forward-pass speed of one preset in every execution mode, side by side in one process.
+
+    .venv/bin/python benchmarks/bench_forward.py --preset s4-r50 --frames 2 --threads 2
+    .venv/bin/python benchmarks/bench_forward.py --preset avss-pvt2 --frames 2 --threads 2
+    .venv/bin/python benchmarks/bench_forward.py --preset tiny --compile      # adds torch.compile (compile time shown)
+
+Modes (random weights, the same frames and audio embedding for all; VGGish timed on its own):
+
+* ``reference fp32``: the released arithmetic, op for op (``impl="reference"``) -- the baseline;
+* ``fast fp32``: ``impl="fast"`` (:meth:`AVSegFormer.set_impl`);
+* ``reference bf16-autocast``: the reference path under ``torch.autocast`` (how ``--precision bf16`` ran before);
+* ``fast bf16``: weights cast once (:meth:`AVSegFormer.cast_for_inference`) -- what ``--precision auto`` runs on
+  a CPU with native bf16;
+* ``compiled``: ``torch.compile`` of the auto mode (``--compile``), with its compile time.
+
+Per mode: frames/s (best of ``--reps``), GFLOP per frame (``torch.utils.flop_counter`` on the reference), the
+share of the machine's ceiling (a 4096x2048x2048 GEMM timed here in that dtype), a per-part split (backbone,
+encoder, decoder, query generator, query MLP, output convolutions, the rest), and the agreement with the
+reference (max |logit difference|, median |difference| / std of the logits, equal mask pixels). Printed only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections import defaultdict
+from contextlib import ExitStack, contextmanager
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import avsegcli.modeling.head as head_mod
+from avsegcli.build import build_model, preset
+from avsegcli.modeling.head import QueryMLP
+
+PARTS = ("backbone", "encoder", "decoder", "query_gen", "query_mlp", "out_convs")
+
+
+def gemm_gflops(dtype: torch.dtype, reps: int = 3) -> float:
+    a, b = torch.randn(4096, 2048).to(dtype), torch.randn(2048, 2048).to(dtype)
+    best = 1e9
+    for _ in range(reps + 1):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * 4096 * 2048 * 2048 / best / 1e9
+
+
+@contextmanager
+def part_timer(model, acc: dict[str, float]):
+    """Accumulate wall time per part with hooks (modules) and wrappers (the query MLP and output convs)."""
+    starts: dict[str, float] = {}
+    handles = []
+    for name, mod in (("backbone", model.backbone), ("encoder", model.head.transformer.encoder),
+                      ("decoder", model.head.transformer.decoder), ("query_gen", model.head.query_generator)):
+        handles.append(mod.register_forward_pre_hook(lambda m, a, n=name: starts.__setitem__(n, time.perf_counter())))
+        handles.append(mod.register_forward_hook(lambda m, a, o, n=name: acc.__setitem__(n, acc[n] + time.perf_counter() - starts[n])))
+
+    def timed(fn, name):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            acc[name] += time.perf_counter() - t
+            return out
+        return wrapper
+
+    saved = (QueryMLP.forward, QueryMLP.forward_folded, head_mod.run_mask_convs)
+    QueryMLP.forward, QueryMLP.forward_folded = timed(saved[0], "query_mlp"), timed(saved[1], "query_mlp")
+    head_mod.run_mask_convs = timed(saved[2], "out_convs")
+    try:
+        yield
+    finally:
+        QueryMLP.forward, QueryMLP.forward_folded, head_mod.run_mask_convs = saved
+        for h in handles:
+            h.remove()
+
+
+def run_mode(fn, frames, emb, reps: int, model=None) -> tuple[float, torch.Tensor, dict[str, float]]:
+    with torch.inference_mode():
+        out = fn(frames, audio_embedding=emb)["pred_masks"].float()  # warm-up
+        best, parts = 1e9, {}
+        for _ in range(reps):
+            acc: dict[str, float] = defaultdict(float)
+            with ExitStack() as stack:
+                if model is not None:
+                    stack.enter_context(part_timer(model, acc))
+                t = time.perf_counter()
+                fn(frames, audio_embedding=emb)
+                dt = time.perf_counter() - t
+            if dt < best:
+                best, parts = dt, dict(acc)
+    return best, out, parts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="s4-r50")
+    ap.add_argument("--size", type=int, default=0, help="input size (0 = the preset's)")
+    ap.add_argument("--frames", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the fast bf16 (auto) mode")
+    ap.add_argument("--no-autocast", action="store_true", help="skip the reference bf16-autocast mode")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = preset(args.preset, **({"image_size": args.size} if args.size else {}))
+    ref = build_model(cfg)
+    size = cfg["image_size"]
+    frames = torch.randn(args.frames, 3, size, size)
+    with torch.inference_mode():
+        t = time.perf_counter()
+        emb = ref.embed_audio(torch.randn(args.frames, 1, 96, 64))
+        vggish_s = (time.perf_counter() - t) / args.frames
+    with FlopCounterMode(display=False) as counter:  # (its module tracker needs autograd on)
+        ref(frames[:1].clone(), audio_embedding=emb[:1].clone())
+    gflop = counter.get_total_flops() / 1e9
+    ceiling = {"fp32": gemm_gflops(torch.float32), "bf16": gemm_gflops(torch.bfloat16)}
+    print(f"{args.preset} at {size}x{size}, {args.frames} frames a forward, {torch.get_num_threads()} threads; "
+          f"{gflop:.1f} GFLOP/frame; GEMM ceiling here: fp32 {ceiling['fp32']:.0f}, bf16 {ceiling['bf16']:.0f} GFLOP/s; "
+          f"VGGish {1000 * vggish_s:.1f} ms per audio second (fp32, once per second, not in the figures below)")
+
+    fast = copy.deepcopy(ref).set_impl("fast")
+    fast_bf16 = copy.deepcopy(ref).set_impl("fast").cast_for_inference(torch.bfloat16)
+
+    def autocast_ref(x, **kw):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return ref(x, **kw)
+
+    modes = [("reference fp32", ref, ref, "fp32"), ("fast fp32", fast, fast, "fp32")]
+    if not args.no_autocast:
+        modes.append(("reference bf16-autocast", autocast_ref, ref, "bf16"))
+    modes.append(("fast bf16 (auto)", fast_bf16, fast_bf16, "bf16"))
+    compile_s = None
+    if args.compile:
+        compiled = torch.compile(copy.deepcopy(fast_bf16), dynamic=False)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            compiled(frames, audio_embedding=emb)
+        compile_s = time.perf_counter() - t
+        modes.append(("compiled fast bf16", compiled, None, "bf16"))
+
+    base_t, base_out = None, None
+    cols = "  ".join(f"{p:>9}" for p in PARTS)
+    print(f"{'mode':26} {'frames/s':>8} {'speed-up':>8} {'ceiling':>7}  {'max|d|':>8} {'med|d|/sd':>9} {'equal px':>8}  "
+          f"per frame, s: {cols} {'rest':>9}")
+    for name, fn, model, dtype in modes:
+        dt, out, parts = run_mode(fn, frames, emb, args.reps, model)
+        if base_t is None:
+            base_t, base_out = dt, out
+        fps = args.frames / dt
+        share = gflop * fps / ceiling[dtype]
+        diff = (out - base_out).abs()
+        agree = f"{diff.max().item():8.2e} {(diff.median() / base_out.std()).item():9.2e} {100 * ((out > 0) == (base_out > 0)).float().mean().item():7.3f}%"
+        split = "  ".join(f"{parts.get(p, 0) / args.frames:9.3f}" for p in PARTS) if parts else "  ".join(f"{'-':>9}" for _ in PARTS)
+        rest = f"{(dt - sum(parts.values())) / args.frames:9.3f}" if parts else f"{'-':>9}"
+        print(f"{name:26} {fps:8.3f} {base_t / dt:7.2f}x {100 * share:6.1f}%  {agree}  {'':14}{split} {rest}", flush=True)
+    if compile_s is not None:
+        print(f"torch.compile: first call {compile_s:.1f} s (compile + one forward of {args.frames} frames)")
+
+
+if __name__ == "__main__":
+    main()
