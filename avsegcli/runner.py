@@ -260,7 +260,7 @@ class _Video:
 def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, fmt: str = "png", save_probs: bool = False,
                overwrite: bool = False, workers: int | None = None, fps: float | None = 1.0, progress: RunProgress | None = None,
                start: float | None = None, end: float | None = None, stems: list[str] | None = None,
-               pad_to_batch: bool = False, post_threads: int | None = None, audio: Any = None) -> list[VideoResult]:
+               pad_to_batch: bool | None = None, post_threads: int | None = None, audio: Any = None) -> list[VideoResult]:
     """Segment every video into ``out_dir/<stem>/``. Returns one :class:`VideoResult` per input, in input order.
     ``start``/``end`` (seconds): only the sampled frames with ``start <= t < end`` (same names, masks and audio
     seconds as a whole-video run). ``audio``: what every video hears instead of its own track
@@ -269,7 +269,8 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
     ``workers``: decode processes (``None``: :func:`avsegcli.feed.default_workers`; 0 decodes in this process).
     Frames come from them as the resized uint8 picture and are normalised on the model's device.
     ``pad_to_batch``: run short batches (the last one, or one thinned by a failed video) padded to ``batch_size``
-    with repeats of their last frame, so a compiled model sees one shape; the padded outputs are dropped.
+    with repeats of their last frame, so a compiled model sees one shape; the padded outputs are dropped
+    (``None``: when the predictor is compiled).
     ``post_threads``: threads that upsample the logits, copy the masks to the host and write them while the next
     batch computes (``None``: 1 on the CPU, up to 4 on CUDA; 0 does it inline). Outputs do not depend on it.
     """
@@ -356,7 +357,7 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
                     keys[key] = len(patches)
                     patches.append(w["chunk_log_mel"][w["chunk_rows"][row]])
                 rows.append(keys[key])
-            pad = predictor.batch_size if pad_to_batch else None
+            pad = predictor.batch_size if (getattr(predictor, "compiled", False) if pad_to_batch is None else pad_to_batch) else None
             frames = stage([w["frames"][row] for _, row, w in live], device, pad_to=pad)  # pinned on CUDA
             rows += [rows[-1]] * (frames.shape[0] - len(rows))
             logits = predictor.logits(frames, stage(patches, device, pad_to=pad), np.array(rows))[: len(live)]
