@@ -160,6 +160,10 @@ class _Trainer:
             from avsegcli.train.negatives import NegativeAudioClips, NegativeSampler
 
             self.negatives = NegativeSampler(self.train_ds, float(cfg.negative_audio), int(cfg.seed or 0))
+            if cfg.loss == "dice":
+                self.warnings.append("--negative-audio with --loss dice: the released dice loss is exactly 1 on an "
+                                     "all-empty target whatever the prediction (no gradient), so negative clips teach "
+                                     "nothing; use --loss bce")
             self.train_ds = NegativeAudioClips(self.train_ds, int(cfg.seed or 0))
 
     def _model(self) -> None:

@@ -315,8 +315,16 @@ def test_train_negative_sampler(data, tmp_path):
     # every clip negative: the log counts them
     cfg = TrainConfig(task="s4", data=str(data), out=str(tmp_path / "run"), preset="tiny", image_size=SIZE, lr=1e-3,
                       batch_size=2, log_every=1, num_workers=0, val_every=0, max_steps=2, negative_audio=1.0)
-    train(cfg)
+    result = train(cfg)
     assert [r["negative_clips"] for r in read_log(tmp_path / "run")] == [2, 4]
+    # the released dice loss cannot learn from an empty target (constant 1): the run says so
+    from avsegcli.losses import dice_per_frame
+
+    logits = torch.randn(2, 8, 8, requires_grad=True)
+    loss = dice_per_frame(logits, torch.zeros(2, 8, 8)).sum()
+    loss.backward()
+    assert float(loss.detach()) == 2.0 and not logits.grad.any()
+    assert any("--loss bce" in w for w in result.warnings)
     with pytest.raises(AvsegError, match="probability"):
         train(TrainConfig(task="s4", data=str(data), out=str(tmp_path / "bad"), negative_audio=1.5))
 
