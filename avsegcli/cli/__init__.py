@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import typer
@@ -45,8 +46,23 @@ def _register() -> None:
     app.add_typer(weights_cmd.app, name="weights")
 
 
+_RAY_ADDRESS = re.compile(r"^(local|auto|(ray://)?[^\s/]+:\d+)$")
+
+
+def bare_ray_flag(argv: list[str]) -> list[str]:
+    """``avseg run ... --ray`` with no address means a local Ray instance: insert ``local`` when the token after
+    ``--ray`` is not an address (``local``, ``auto``, ``host:port``, ``ray://host:port``) or is missing."""
+    if len(argv) < 2 or argv[1] != "run" or "--ray" not in argv:
+        return argv
+    i = argv.index("--ray")
+    if i + 1 < len(argv) and _RAY_ADDRESS.match(argv[i + 1]):
+        return argv
+    return argv[:i + 1] + ["local"] + argv[i + 1:]
+
+
 def main() -> None:
     _register()
+    sys.argv = bare_ray_flag(sys.argv)
     try:
         app(prog_name="avseg")  # the same name (and completion variable) under `python -m avsegcli`
     except AvsegError as err:
