@@ -101,7 +101,7 @@ class _Looped:
     def __init__(self, path: str) -> None:
         from avsegcli.media.audio import load_audio
 
-        self.wave = load_audio(path, dtype=np.float64)
+        self.wave = load_audio(path)  # float32, as the video's own track is streamed
 
     def patch(self, k: int) -> torch.Tensor:
         n = self.wave.size
