@@ -9,7 +9,7 @@ Modes (``meta.json`` records the mode that ran, ``precision``, next to the one a
   logits' convolution and the deformable sampling stay float32); on CUDA autocast. Logits are float32 either way.
 * ``fp16``: autocast (CUDA; the CPU allows it but has no fast float16 kernels). Logits are float32.
 * ``auto`` (the default): ``bf16`` where it is native and measured faster with the same masks (CPUs with
-  AVX512-BF16 or AMX: ``benchmarks/bench_forward.py``, 2.3-2.9x on the released models; CUDA devices with
+  AVX512-BF16 or AMX: ``benchmarks/bench_forward.py``, 2.6x (s4-r50) and 2.4x (avss-pvt2) the reference fp32; CUDA devices with
   bfloat16 tensor cores, compute capability 8.0+), else ``fp32``.
 """
 
