@@ -1,7 +1,7 @@
 """The ``avseg run`` engine: many videos, decode workers, cross-video batches, atomic per-video outputs.
 
-Decoding and preprocessing run in worker processes (``workers`` > 0) that stream windows of frames and their
-audio patches through a bounded queue; the main process packs frames from any videos into batches of
+Decoding and preprocessing run in worker processes (``workers`` > 0) that stream windows of frames (uint8) and
+their audio patches through one pipe each (a worker that dies fails only its video); the main process packs frames from any videos into batches of
 ``batch_size``, runs the model (VGGish once per distinct audio second) and writes each video's folder with
 :class:`~avsegcli.maskio.VideoMaskWriter`, which publishes it only when complete. One bad video is reported
 and the others go on.
