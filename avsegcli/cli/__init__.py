@@ -60,11 +60,27 @@ def bare_ray_flag(argv: list[str]) -> list[str]:
     return argv[:i + 1] + ["local"] + argv[i + 1:]
 
 
+try:  # typer 0.29 parses with its own copy of click
+    from typer._click import exceptions as cx
+except ImportError:  # pragma: no cover - older typer on plain click
+    from click import exceptions as cx
+
+
 def main() -> None:
     _register()
     sys.argv = bare_ray_flag(sys.argv)
-    try:
-        app(prog_name="avseg")  # the same name (and completion variable) under `python -m avsegcli`
+    try:  # not standalone: click's usage errors come here and are printed as one line
+        code = app(prog_name="avseg", standalone_mode=False)  # same name (and completion variable) under `python -m`
+    except cx.NoArgsIsHelpError as err:  # `avseg` or `avseg weights` alone: the help, as before
+        print(err.ctx.get_help() if err.ctx else "")
+        sys.exit(0)
+    except cx.UsageError as err:  # a bad flag value, a missing argument: `error: <reason>`, exit 2
+        where = f"avseg {err.ctx.info_name}: " if err.ctx is not None and err.ctx.info_name not in (None, "avseg") else ""
+        hint = " (see --help)" if err.ctx is not None else ""
+        err_console.print(f"error: {where}{' '.join(err.format_message().split())}{hint}", markup=False)
+        sys.exit(2)
+    except typer.Abort:  # end of input at a prompt
+        sys.exit(130)
     except AvsegError as err:
         err_console.print(f"error: {err}", markup=False)
         from avsegcli.cli.common import is_verbose
@@ -74,3 +90,4 @@ def main() -> None:
 
             err_console.print("".join(traceback.format_exception(err)).rstrip(), markup=False)
         sys.exit(err.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
