@@ -202,7 +202,8 @@ def test_eval_forward_batch_does_not_change_the_numbers(task, ckpts, tmp_path):
     torch.manual_seed(1)
     # 64 px: the tiny model cannot run a lone frame at 32 px (GroupNorm over a 1x1 map), and forward chunks may be 1
     cfg = preset("tiny", image_size=64, **({"task": "avss", "head": {"num_classes": 71}} if task == "avss" else {}))
-    pred = avsegcli.Predictor(save_checkpoint(build_model(cfg), tmp_path / "m.safetensors"), device="cpu")
+    # fp32: batch-size independence is a float32 promise (bf16 GEMM kernels differ with the row count)
+    pred = avsegcli.Predictor(save_checkpoint(build_model(cfg), tmp_path / "m.safetensors"), device="cpu", precision="fp32")
     base = evaluate(task, data, "test", predictor=pred, batch_clips=1, workers=0)
     for fb in (3, 25):
         res = evaluate(task, data, "test", predictor=pred, batch_clips=1, workers=0, forward_batch=fb)

@@ -37,12 +37,21 @@ def _phase_taps(scale: int) -> torch.Tensor:
 _KERNELS: dict[tuple, tuple[Tensor, Tensor | None]] = {}
 
 
+def _version(t: Tensor) -> int:
+    """The in-place version counter (-1 for an inference tensor, which has none: weights loaded under
+    ``torch.inference_mode``)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
 def _phase_kernel(conv: nn.Conv2d, scale: int) -> tuple[Tensor, Tensor | None]:
     """The ``[s*s*O, C, 3, 3]`` kernel (channel ``o*s*s + a*s + b``, the pixel-shuffle order) and bias, cached per
     weight version, dtype and device."""
     w = conv.weight
     trains = torch.is_grad_enabled() and w.requires_grad  # then built from the weight each call, differentiably
-    key = (id(conv), w.data_ptr(), w._version, w.dtype, str(w.device), scale)
+    key = (id(conv), w.data_ptr(), _version(w), w.dtype, str(w.device), scale)
     hit = None if trains else _KERNELS.get(key)
     if hit is None:
         taps = _phase_taps(scale).to(w.device)
