@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the authors' reference numbers live, and in-process CLI calls."""
+"""Shared test fixtures: where the authors' reference numbers live, CLI calls, the tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +11,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REFERENCE = SHARED / "reference"
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """The ``tiny`` preset with seed-0 random weights, saved once per session (``avseg run`` tests use it)."""
+    import torch
+
+    import avsegcli
+    from avsegcli.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(avsegcli.build_model("tiny"), path)
+    return path
 
 
 @pytest.fixture(scope="session")

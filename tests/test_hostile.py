@@ -15,22 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import avsegcli
 from avsegcli.maskio import read_masks_dir
 from avsegcli.media.video import VideoSource
-from avsegcli.weights import save_checkpoint
 from conftest import run_cli
 from media_gen import FFMPEG, make_video
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(avsegcli.build_model("tiny"), path)
-    return path
 
 
 @pytest.fixture(scope="module")

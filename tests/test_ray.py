@@ -15,13 +15,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 import avsegcli
 from avsegcli.errors import AvsegError
 from avsegcli.maskio import read_masks_dir
 from avsegcli.runner import collect_inputs, run_videos
-from avsegcli.weights import save_checkpoint
 from media_gen import make_video
 
 # meta.json fields that legitimately differ between two runs of the same video: the wall-clock time it took.
@@ -46,14 +44,6 @@ def ray_address(env):
         os.environ.pop("RAY_AUTH_MODE", None)
     else:
         os.environ["RAY_AUTH_MODE"] = old
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(avsegcli.build_model("tiny"), path)
-    return path
 
 
 @pytest.fixture(scope="module")
