@@ -27,6 +27,18 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the tiny model is
+    all small ops, and on a shared CPU two spinning OpenMP threads make a step ten times slower. Restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not REFERENCE.is_dir():

@@ -29,12 +29,7 @@ from conftest import REPO
 from media_gen import make_video
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny-model modules: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")

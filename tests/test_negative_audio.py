@@ -36,12 +36,7 @@ SIZE = 32
 ALL = ("silence", "noise", "offscreen")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny-model modules: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")

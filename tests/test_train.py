@@ -36,14 +36,7 @@ AVSS_TINY = {"head": {"num_classes": 71}}
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny model is all small ops, and on a shared CPU two spinning OpenMP threads make
-    a step ten times slower. Restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny-model modules: one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")
