@@ -179,7 +179,8 @@ class Predictor:
         fps = self.fps if fps is None else fps
         override = audio if isinstance(audio, AudioOverride) else parse_audio(audio)
         for batch in media.iter_batches(path, fps=fps, batch_size=self.batch_size, image_size=self.image_size,
-                                        via=self.via, start=start, end=end, audio=override):
+                                        via=self.via, start=start, end=end, audio=override, normalized=False):
+            # uint8 frames, normalised on the device by logits() (the same numbers; what avseg run sends too)
             masks, probs = self.to_masks(self.logits(batch.frames, batch.chunk_log_mel, batch.chunk_rows), batch.raw_size, return_probs)
             for i in range(len(batch)):
                 yield FrameResult(mask=masks[i], timestamp=float(batch.timestamps[i]), frame_index=int(batch.frame_indices[i]),
