@@ -26,8 +26,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from avsegcli import precision as precision_modes
 from avsegcli.build import build_model
 from avsegcli.errors import AvsegError
+from avsegcli.feed import device_guard
 from avsegcli.losses import SegmentationLoss
 from avsegcli.metrics import BinaryMetrics, SemanticMetrics
 from avsegcli.modeling import AVSegFormer
@@ -40,7 +42,7 @@ from avsegcli.train.state import (BEST, LAST, JsonlLog, capture_rng, check_fresh
                                   save_state, seed_everything, write_run_config)
 from avsegcli.weights import INTERMEDIATE_ONLY, save_checkpoint
 
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainProgress(Protocol):
@@ -70,7 +72,9 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
     cfg, model_cfg, resuming = prepare(config)
     info = dist.setup(cfg.device or "auto")
     try:
-        return _Trainer(cfg, model_cfg, resuming, info, progress if info.is_main else None).run()
+        # the float32 switches of the mode (IEEE unless tf32), restored when training ends
+        with precision_modes.scope(str(cfg.precision or "fp32")), device_guard(info.device):
+            return _Trainer(cfg, model_cfg, resuming, info, progress if info.is_main else None).run()
     finally:
         dist.cleanup(info)
 
@@ -132,8 +136,8 @@ class _Trainer:
         self.device = info.device
         self.task = str(cfg.task)
         self.amp_dtype = AMP_DTYPES[str(cfg.precision)]
-        if cfg.precision == "fp16" and self.device.type != "cuda":
-            raise AvsegError("--precision fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
+        if cfg.precision in ("fp16", "tf32") and self.device.type != "cuda":
+            raise AvsegError(f"--precision {cfg.precision} needs a CUDA device (use fp32 or bf16 on the CPU)")
         self.warnings: list[str] = []
         self.best: dict[str, Any] | None = None
         self.step = self.epoch = self.batch = 0

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from avsegcli.data import TASKS, make_dataset, save_binary_prediction, save_semantic_prediction
 from avsegcli.errors import AvsegError
-from avsegcli.feed import available_cores, default_workers
+from avsegcli.feed import available_cores, default_workers, device_guard
 from avsegcli.evaluate_pred import PredictionSource, load_targets
 from avsegcli.metrics import PROTOCOLS, BinaryMetrics, SemanticMetrics
 from avsegcli.palette import AVSS_CLASS_NAMES, NUM_AVSS_CLASSES
@@ -189,10 +189,8 @@ def predict_batch(predictor: Any, items: list[dict[str, Any]], semantic: bool,
     step = frames.shape[0] if not forward_batch else max(1, int(forward_batch))
     out = []
     for i in range(0, frames.shape[0], step):
-        with predictor.autocast():
-            logits = predictor.model(frames[i:i + step], log_mel[i:i + step],
-                                     frame_valid=None if valid is None else valid[i:i + step])["pred_masks"]
-        logits = logits.float()
+        logits = predictor.forward(frames[i:i + step], log_mel[i:i + step],
+                                   frame_valid=None if valid is None else valid[i:i + step])  # its precision, compiled or not
         out.append(torch.argmax(torch.softmax(logits, dim=1), dim=1) if semantic else torch.sigmoid(logits[:, 0]))
     return (out[0] if len(out) == 1 else torch.cat(out)).cpu()
 
@@ -318,22 +316,21 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
         batches = -(-len(indices) // batch_clips)
         workers = 0 if available_cores() <= 2 else min(8, default_workers(predictor.device if predictor is not None
                                                                           else "cpu", jobs=batches))
-    if on_cuda:
-        torch.backends.cudnn.benchmark = True
-    loader = DataLoader(clips, batch_size=batch_clips, shuffle=False, num_workers=max(0, int(workers)),
-                        collate_fn=list, pin_memory=on_cuda)
-    done = 0
-    if progress:
-        progress(0, len(indices))
-    for items, pred in _predictions(loader, predictor, semantic, forward_batch):
-        if predictor is not None and save_dir is not None:
-            _save(items, pred, save_dir, semantic)
-        scorer.add(items, pred)
-        if negative is not None:
-            negative.add(items, pred, predictor)
-        done += len(items)
+    with device_guard(predictor.device if predictor is not None else "cpu"):  # pinning on the model's GPU
+        loader = DataLoader(clips, batch_size=batch_clips, shuffle=False, num_workers=max(0, int(workers)),
+                            collate_fn=list, pin_memory=on_cuda)
+        done = 0
         if progress:
-            progress(done, len(indices))
+            progress(0, len(indices))
+        for items, pred in _predictions(loader, predictor, semantic, forward_batch):
+            if predictor is not None and save_dir is not None:
+                _save(items, pred, save_dir, semantic)
+            scorer.add(items, pred)
+            if negative is not None:
+                negative.add(items, pred, predictor)
+            done += len(items)
+            if progress:
+                progress(done, len(indices))
     res = scorer.result()
     if negative is not None:
         res.update(negative.result(res["overall"]))

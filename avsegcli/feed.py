@@ -17,12 +17,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from avsegcli.media.preprocess import normalize, normalize_stats
 
 #: bytes of upsampled float32 logits held at once by :func:`logits_to_masks` before it works in class chunks
 MASK_BUDGET_BYTES = 1 << 28
@@ -69,8 +72,11 @@ _COPY_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t`` on ``device``. CUDA: an asynchronous copy on a side stream that the current stream then waits for, so
-    it overlaps whatever the current stream is still computing (``t`` should be pinned, see :func:`stage`)."""
+    """``t`` on ``device``. CUDA: an asynchronous copy (``t`` should be pinned, see :func:`stage`) on a side stream,
+    into fresh memory allocated on that stream; the current stream waits for the copy, and the copy never waits
+    for the compute still queued on the current stream, so it overlaps it. (The caching allocator hands the side
+    stream no block that queued work still reads: blocks freed after use on the current stream are recorded
+    there with ``record_stream``.)"""
     device = torch.device(device)
     if device.type != "cuda" or t.device == device:
         return t.to(device)
@@ -80,22 +86,43 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if side is None:
         side = _COPY_STREAMS[device] = torch.cuda.Stream(device)
     current = torch.cuda.current_stream(device)
-    side.wait_stream(current)  # the destination memory may have been freed by work queued on the current stream
     with torch.cuda.stream(side):
         out = t.to(device, non_blocking=True)
     current.wait_stream(side)
-    out.record_stream(current)  # allocated on the side stream, used on the current one
+    out.record_stream(current)  # allocated on the side stream, used (and freed) on the current one
     return out
 
 
-def device_frames(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Model input ``[B, 3, S, S]`` float32 on ``device`` from either transport: uint8 ``[B, S, S, 3]`` resized RGB
-    (normalised on the device) or already normalised float32 ``[B, 3, S, S]`` (moved as is)."""
-    from avsegcli.media.preprocess import normalize
+def device_guard(device: torch.device | str):
+    """``device`` as the current CUDA device for the body (a no-op off CUDA): pinned buffers, streams and events
+    made inside belong to it, so a run on ``cuda:N`` opens no context on GPU 0. The current device is per
+    thread: every thread that works for a run enters it."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
+
+def to_host(t: torch.Tensor) -> np.ndarray:
+    """``t`` as a host numpy array. CUDA: copied without a synchronising call (into pinned memory, non-blocking,
+    then a wait on an event recorded after the copy, in the calling thread only); elsewhere a view or a copy."""
+    if t.device.type != "cuda":
+        return t.cpu().numpy()
+    with device_guard(t.device):
+        buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        buf.copy_(t, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(t.device))
+    done.synchronize()
+    return buf.numpy()
+
+
+def device_frames(frames: torch.Tensor, device: torch.device,
+                  stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Model input ``[B, 3, S, S]`` float32 on ``device`` from either transport: uint8 ``[B, S, S, 3]`` resized RGB
+    (normalised on the device with ``stats``, :func:`avsegcli.media.preprocess.normalize_stats` of ``device``)
+    or already normalised float32 ``[B, 3, S, S]`` (moved as is)."""
     x = to_device(frames, device)
     if x.dtype == torch.uint8:
-        return normalize(x)
+        return normalize(x, stats)
     return x
 
 
@@ -135,10 +162,10 @@ def logits_to_masks(logits: torch.Tensor, size: tuple[int, int], *, semantic: bo
     h, w = int(size[0]), int(size[1])
     if not semantic:
         up = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-        masks = (up > 0).to(torch.uint8).cpu().numpy()
-        return masks, (up.sigmoid().cpu().numpy() if with_probs else None)
+        masks = to_host((up > 0).to(torch.uint8))
+        return masks, (to_host(up.sigmoid()) if with_probs else None)
     if logits.shape[1] > 256:
         raise ValueError(f"uint8 masks hold at most 256 classes, got {logits.shape[1]}")
-    ids = semantic_masks(logits, (h, w), budget_bytes).to(torch.uint8).cpu().numpy()
-    return ids, (logits.softmax(1).cpu().numpy() if with_probs else None)
+    ids = to_host(semantic_masks(logits, (h, w), budget_bytes).to(torch.uint8))
+    return ids, (to_host(logits.softmax(1)) if with_probs else None)
 

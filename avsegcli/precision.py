@@ -1,21 +1,32 @@
-"""What ``--precision`` means on each device, and what ``auto`` picks.
+"""What ``--precision`` means, the same on every device, and what ``auto`` picks.
+
+One road for every device: a reduced mode stores the weights once in its dtype
+(:meth:`~avsegcli.modeling.AVSegFormer.cast_for_inference`) with the same float32 islands everywhere (VGGish,
+the audio projection, the norms, the deformable sampling locations and sampling, the logits' convolutions).
+Inference never runs under autocast, on the CPU or on CUDA: the arithmetic a CUDA run executes is the code the
+CPU tests execute; only the device, the streams and the kernels' backends differ. (Autocast was measured and
+rejected: on the CPU it re-casts every weight on every call, 0.157 frames/s against 0.727 for weights cast once,
+s4-r50 at 512 px; see ``docs``/README "Speed on the CPU".)
 
 Modes (``meta.json`` records the mode that ran, ``precision``, next to the one asked for):
 
-* ``fp32``: IEEE float32 everywhere. On CUDA this switches cuDNN convolutions and matmuls to ``ieee`` (this torch
-  defaults cuDNN convolutions to TF32, which is not float32).
+* ``fp32``: IEEE float32 everywhere (cuDNN convolutions and matmuls without TF32; this torch defaults cuDNN
+  convolutions to TF32, which is not float32).
 * ``tf32``: CUDA only: float32 storage, TF32 tensor-core convolutions and matmuls.
-* ``bf16``: on the CPU the weights are cast once (:meth:`AVSegFormer.cast_for_inference`: norms, VGGish, the
-  logits' convolution and the deformable sampling stay float32); on CUDA autocast. Logits are float32 either way.
-* ``fp16``: autocast (CUDA; the CPU allows it but has no fast float16 kernels). Logits are float32.
+* ``bf16`` / ``fp16``: weights cast once, float32 islands as above. Logits are float32.
 * ``auto`` (the default): ``bf16`` where it is native and measured faster with the same masks (CPUs with
-  AVX512-BF16 or AMX: ``benchmarks/bench_forward.py``, 2.6x (s4-r50) and 2.4x (avss-pvt2) the reference fp32; CUDA devices with
-  bfloat16 tensor cores, compute capability 8.0+), else ``fp32``.
+  AVX512-BF16 or AMX: ``benchmarks/bench_forward.py``, 2.6x (s4-r50) and 2.4x (avss-pvt2) the reference fp32;
+  CUDA devices with bfloat16 tensor cores, compute capability 8.0+, asked of the chosen device), else ``fp32``.
+
+:func:`scope` is the one place the process-wide float32 switches are set: it saves every related torch flag,
+sets the mode's, and restores them on the way out, so nothing leaks into the rest of the process (inference, eval
+and training all run inside it).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -37,6 +48,11 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return any(f in flags for f in _CPU_BF16_FLAGS)
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` (not the current device) has bfloat16 tensor cores (compute capability 8.0+)."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve(precision: str, device: torch.device) -> str:
     """The concrete mode (``fp32``, ``tf32``, ``bf16``, ``fp16``) for ``precision`` on ``device``; AvsegError for
     an unknown name or a mode the device does not have."""
@@ -44,7 +60,7 @@ def resolve(precision: str, device: torch.device) -> str:
         raise AvsegError(f"unknown precision {precision!r} ({', '.join(MODES)})")
     if precision == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+            return "bf16" if cuda_has_native_bf16(device) else "fp32"
         if device.type == "cpu":
             return "bf16" if cpu_has_native_bf16() else "fp32"
         return "fp32"
@@ -53,23 +69,73 @@ def resolve(precision: str, device: torch.device) -> str:
     return precision
 
 
-def apply_matmul_mode(mode: str, device: torch.device) -> None:
-    """Set cuDNN's and cuBLAS's float32 arithmetic for ``mode`` (``ieee`` unless ``tf32``). Process-wide, as
-    torch's own switches are; a no-op off CUDA."""
-    if device.type != "cuda":
-        return
-    value = "tf32" if mode == "tf32" else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = value
-    torch.backends.cudnn.conv.fp32_precision = value
+def reduced_dtype(mode: str) -> torch.dtype | None:
+    """The dtype the weights are cast to once for ``mode`` (None for the float32 modes)."""
+    dtype = DTYPES[mode]
+    return None if dtype == torch.float32 else dtype
 
 
-def casts_weights(mode: str, device: torch.device) -> bool:
-    """Whether ``mode`` runs with weights cast once (CPU bf16) rather than under autocast."""
-    return mode == "bf16" and device.type == "cpu"
+# Every node of torch's float32-precision tree, parents first (the order they are written back in).
+_PRECISION_NODES = ("", "cuda.matmul", "cudnn", "cudnn.conv", "cudnn.rnn", "mkldnn", "mkldnn.matmul", "mkldnn.conv",
+                    "mkldnn.rnn")
 
 
-def autocast(mode: str, device: torch.device):
-    """The autocast context of ``mode`` on ``device``: a no-op for float32 modes and for cast weights."""
-    if mode in ("fp32", "tf32") or casts_weights(mode, device):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[mode])
+def _node(path: str):
+    obj = torch.backends
+    for part in filter(None, path.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+_LEGACY = {  # torch keeps these beside the per-node strings: both are saved and both are written back
+    "cudnn.allow_tf32": (lambda: torch.backends.cudnn.allow_tf32, lambda v: setattr(torch.backends.cudnn, "allow_tf32", v)),
+    "float32_matmul_precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+}
+
+
+def flag_state() -> dict[str, object]:
+    """The raw state of every float32-precision switch and cuDNN's autotuner (readable in any combination)."""
+    state: dict[str, object] = {f"{p or 'backends'}.fp32_precision": _node(p).fp32_precision for p in _PRECISION_NODES}
+    state["cudnn.benchmark"] = torch.backends.cudnn.benchmark
+    return state
+
+
+def _save() -> tuple[dict[str, object], dict[str, object]]:
+    legacy = {}
+    for name, (get, _) in _LEGACY.items():
+        try:
+            legacy[name] = get()
+        except RuntimeError:  # the process mixed the legacy and new APIs before us: only the strings are restored
+            pass
+    return flag_state(), legacy
+
+
+def _restore(state: dict[str, object], legacy: dict[str, object]) -> None:
+    for name, value in legacy.items():  # the legacy values first (they rewrite the strings)...
+        _LEGACY[name][1](value)
+    for p in _PRECISION_NODES:  # ...then every string exactly as it was
+        _node(p).fp32_precision = state[f"{p or 'backends'}.fp32_precision"]
+    torch.backends.cudnn.benchmark = bool(state["cudnn.benchmark"])
+
+
+@contextlib.contextmanager
+def scope(mode: str, *, benchmark: bool = False) -> Iterator[None]:
+    """Run the body with ``mode``'s float32 arithmetic, then put every switch back as it was.
+
+    ``tf32`` allows TF32 in cuDNN convolutions and float32 matmuls; every other mode is IEEE float32 there (the
+    reduced modes' float32 islands are float32 for real). Set through torch's one-switch API
+    (``cudnn.allow_tf32``, ``set_float32_matmul_precision``), which keeps the legacy flags and inductor's reading
+    of the matmul precision consistent inside the scope. ``benchmark``: cuDNN's autotuner for the body (repeating
+    shapes). Process-wide, as torch's switches are; the same code on every device (the CUDA switches are plain
+    settings on a machine without CUDA)."""
+    if mode not in DTYPES:
+        raise AvsegError(f"unknown precision mode {mode!r} ({', '.join(DTYPES)})")
+    saved = _save()
+    tf32 = mode == "tf32"
+    try:
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+        torch.backends.cudnn.benchmark = benchmark
+        yield
+    finally:
+        _restore(*saved)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 
 from avsegcli import precision as precision_modes
 from avsegcli.errors import AvsegError, CheckpointError
-from avsegcli.feed import device_frames, logits_to_masks, to_device
+from avsegcli.feed import device_frames, device_guard, logits_to_masks, normalize_stats, stage, to_device
 from avsegcli.weights import RELEASED, load_model, sha256sum
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -40,8 +41,10 @@ def default_weights() -> Path:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The device to run on, with its index when it is CUDA (``auto``/``cuda``: the current CUDA device), so every
+    tensor, stream and pinned buffer of a run names one GPU and no context opens on another."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -50,6 +53,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise AvsegError(f"device {device} asked for, but CUDA is not available on this machine")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise AvsegError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
@@ -106,9 +111,11 @@ class Predictor:
         self.batch_size = batch_size
         self.fps = fps
         self.model = load_model(self.weights, device=self.device, impl=impl)
-        if precision_modes.casts_weights(self.precision, self.device):
-            self.model.cast_for_inference(PRECISIONS[self.precision])
+        dtype = precision_modes.reduced_dtype(self.precision)
+        if dtype is not None:  # weights cast once, float32 islands: the same on every device (no autocast)
+            self.model.cast_for_inference(dtype)
         self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._stats = normalize_stats(self.device)  # mean and std, kept on the device
         self.config: dict[str, Any] = self.model.config
         self.image_size: int = int(self.config["image_size"])
         self.via: int | None = self.config.get("frame_resize_via")
@@ -127,25 +134,47 @@ class Predictor:
                 "num_classes": self.num_classes, "image_size": self.image_size, "device": str(self.device), "precision": self.precision,
                 "precision_requested": self.requested_precision, "impl": self.impl, "compiled": self.compiled}
 
-    def autocast(self):
-        """The context every forward of this predictor runs in: the precision's float32 arithmetic switches
-        (cuDNN/cuBLAS ``ieee`` or ``tf32``) and its autocast (a no-op for float32 modes and cast weights)."""
-        precision_modes.apply_matmul_mode(self.precision, self.device)
-        return precision_modes.autocast(self.precision, self.device)
+    def scope(self):
+        """The context every forward of this predictor runs in: the precision's float32 switches, restored on the
+        way out (:func:`avsegcli.precision.scope`; cuDNN's autotuner on for CUDA's repeating shapes), and the
+        predictor's GPU as the current device (so nothing touches another GPU)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(precision_modes.scope(self.precision, benchmark=self.device.type == "cuda"))
+        stack.enter_context(device_guard(self.device))
+        return stack
+
+    @torch.inference_mode()
+    def forward(self, frames: torch.Tensor, log_mel: torch.Tensor | None = None, *, audio_embedding: torch.Tensor | None = None,
+                frame_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The model on device tensors, as this predictor runs it (precision, impl, compiled or not): ``frames
+        [B, 3, S, S]`` normalised float32, ``log_mel [B, 1, 96, 64]`` or ``audio_embedding [B, 128]``, optional
+        ``frame_valid [B]``. Returns ``[B, K, S, S]`` float32 logits. ``avseg run``, ``stream`` and ``avseg eval``
+        all come through here."""
+        with self.scope():
+            if audio_embedding is None:
+                audio_embedding = self.model.embed_audio(log_mel)
+            out = self._forward(frames, audio_embedding=audio_embedding, frame_valid=frame_valid)
+        return out["pred_masks"].float()
 
     @torch.inference_mode()
     def logits(self, frames: torch.Tensor, chunk_log_mel: torch.Tensor, chunk_rows: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``frames``: normalised float32 ``[B, 3, S, S]``, or the resized uint8 picture ``[B, S, S, 3]`` (normalised on
         the device, same numbers: :func:`avsegcli.feed.device_frames`); ``chunk_log_mel [C, 1, 96, 64]`` (one patch per
         distinct audio second), ``chunk_rows [B]`` (frame -> patch row). VGGish runs once per patch. Host tensors
-        should be pinned on CUDA (:func:`avsegcli.feed.stage`). Returns ``[B, K, S, S]`` float32 logits."""
-        rows = torch.as_tensor(np.asarray(chunk_rows), dtype=torch.long, device=self.device)
-        x = device_frames(frames, self.device)
+        should be pinned on CUDA (:func:`avsegcli.feed.stage`); every copy to the device is asynchronous there.
+        A compiled predictor pads a short batch to ``batch_size`` (repeats of its last frame; one shape, no
+        recompilation) and drops the padded rows. Returns ``[B, K, S, S]`` float32 logits."""
+        n = frames.shape[0]
+        rows = np.asarray(chunk_rows, dtype=np.int64)
+        if self.compiled and n < self.batch_size:
+            frames = torch.cat([frames, frames[-1:].expand(self.batch_size - n, *frames.shape[1:])])
+            rows = np.concatenate([rows, np.full(self.batch_size - n, rows[-1], np.int64)])
+        rows_dev = to_device(stage([rows], self.device)[0], self.device)
+        x = device_frames(frames, self.device, self._stats)
         log_mel = to_device(chunk_log_mel, self.device)
-        with self.autocast():
+        with self.scope():
             emb = self.model.embed_audio(log_mel)
-            out = self._forward(x, audio_embedding=emb[rows])
-        return out["pred_masks"].float()
+        return self.forward(x, audio_embedding=emb[rows_dev])[:n]
 
     def to_masks(self, logits: torch.Tensor, size: tuple[int, int], with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits ``[B, K, S, S]`` -> masks ``[B, H, W]`` uint8 at the source size, on the logits' device with one copy to

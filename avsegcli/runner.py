@@ -26,7 +26,7 @@ import torch
 
 from avsegcli import __version__
 from avsegcli.errors import AvsegError
-from avsegcli.feed import available_cores, default_workers, stage
+from avsegcli.feed import available_cores, default_workers, device_guard, stage, to_device
 from avsegcli.maskio import VideoMaskWriter
 from avsegcli.predictor import Predictor
 from avsegcli.runguard import VideoLocks, guarded_worker, resume_decision, source_identity, write_failure
@@ -299,8 +299,6 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
     pending: list[tuple[int, int, dict[str, Any]]] = []  # (vid, row, window payload)
     model_info = predictor.model_info()
     device = predictor.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # batch shapes repeat: let cuDNN pick its fastest kernels once
     if workers is None:
         workers = default_workers(device, jobs=len(jobs))
     if post_threads is None:
@@ -310,22 +308,23 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
 
     def post(live: list[tuple[int, int, dict[str, Any]]], logits: torch.Tensor) -> None:
         """Masks of one batch at each video's size (one host copy per size), handed to the writers."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (_, _, w) in enumerate(live):
-            groups.setdefault(tuple(w["raw_size"]), []).append(i)
-        for size, idx in groups.items():
-            sel = logits if len(idx) == len(live) else logits[torch.as_tensor(idx, device=logits.device)]
-            masks, probs = predictor.to_masks(sel, size, with_probs=save_probs)
-            for j, i in enumerate(idx):
-                vid, row, w = live[i]
-                v = videos[vid]
-                if v.write_error:
-                    continue
-                try:
-                    v.writer.add(frame_index=int(w["frame_indices"][row]), timestamp=float(w["timestamps"][row]),
-                                 chunk=int(w["chunk_indices"][row]), mask=masks[j], probs=None if probs is None else probs[j])
-                except OSError as err:  # disk full, read-only...: that video fails cleanly, the run goes on
-                    v.write_error = write_failure(err, out_dir / v.result.stem)
+        with device_guard(device):  # this thread too: pinned buffers and events on the run's GPU
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i, (_, _, w) in enumerate(live):
+                groups.setdefault(tuple(w["raw_size"]), []).append(i)
+            for size, idx in groups.items():
+                sel = logits if len(idx) == len(live) else logits[to_device(stage([np.asarray(idx, np.int64)], device)[0], device)]
+                masks, probs = predictor.to_masks(sel, size, with_probs=save_probs)
+                for j, i in enumerate(idx):
+                    vid, row, w = live[i]
+                    v = videos[vid]
+                    if v.write_error:
+                        continue
+                    try:
+                        v.writer.add(frame_index=int(w["frame_indices"][row]), timestamp=float(w["timestamps"][row]),
+                                     chunk=int(w["chunk_indices"][row]), mask=masks[j], probs=None if probs is None else probs[j])
+                    except OSError as err:  # disk full, read-only...: that video fails cleanly, the run goes on
+                        v.write_error = write_failure(err, out_dir / v.result.stem)
 
     def complete(limit: int) -> None:
         """Account for finished post-processing jobs, oldest first, until at most ``limit`` are in flight (a failed
@@ -399,32 +398,33 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
             progress.video_finished(vid, v.result)
 
     try:
-        for msg in _messages(jobs, workers, fps, predictor.image_size, predictor.via, window, (start, end), audio):
-            kind, vid = msg[0], msg[1]
-            v = videos[vid]
-            if kind == "start":
-                v.expected, v.meta, v.t0 = msg[2], msg[3], time.perf_counter()
-                v.result.has_audio, v.result.warnings = msg[3]["has_audio"], msg[3]["warnings"]
-                try:
-                    v.writer = VideoMaskWriter(out_dir, v.result.stem, fmt=fmt, semantic=predictor.semantic, save_probs=save_probs)
-                except OSError as err:
-                    fail(vid, write_failure(err, out_dir / v.result.stem))
-                    continue
-                if progress:
-                    progress.video_started(vid, Path(v.result.path).name, v.expected)
-            elif kind == "win":
-                pending.extend((vid, r, msg[2]) for r in range(len(msg[2]["frame_indices"])))
-                flush(force=False)
-            elif kind == "end":
-                v.ended = True
-                if v.expected == 0:
-                    fail(vid, "has no frames to segment")
-                flush(force=False)
-                maybe_finish(vid)
-            elif kind == "error":
-                fail(vid, msg[2])
-        flush(force=True)
-        complete(0)  # every batch written before the last videos are published
+        with device_guard(device):  # pinned staging buffers and streams on the run's GPU
+            for msg in _messages(jobs, workers, fps, predictor.image_size, predictor.via, window, (start, end), audio):
+                kind, vid = msg[0], msg[1]
+                v = videos[vid]
+                if kind == "start":
+                    v.expected, v.meta, v.t0 = msg[2], msg[3], time.perf_counter()
+                    v.result.has_audio, v.result.warnings = msg[3]["has_audio"], msg[3]["warnings"]
+                    try:
+                        v.writer = VideoMaskWriter(out_dir, v.result.stem, fmt=fmt, semantic=predictor.semantic, save_probs=save_probs)
+                    except OSError as err:
+                        fail(vid, write_failure(err, out_dir / v.result.stem))
+                        continue
+                    if progress:
+                        progress.video_started(vid, Path(v.result.path).name, v.expected)
+                elif kind == "win":
+                    pending.extend((vid, r, msg[2]) for r in range(len(msg[2]["frame_indices"])))
+                    flush(force=False)
+                elif kind == "end":
+                    v.ended = True
+                    if v.expected == 0:
+                        fail(vid, "has no frames to segment")
+                    flush(force=False)
+                    maybe_finish(vid)
+                elif kind == "error":
+                    fail(vid, msg[2])
+            flush(force=True)
+            complete(0)  # every batch written before the last videos are published
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

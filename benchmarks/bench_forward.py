@@ -8,9 +8,11 @@ Modes (random weights, the same frames and audio embedding for all; VGGish timed
 
 * ``reference fp32``: the released arithmetic, op for op (``impl="reference"``) -- the baseline;
 * ``fast fp32``: ``impl="fast"`` (:meth:`AVSegFormer.set_impl`);
-* ``reference bf16-autocast``: the reference path under ``torch.autocast`` (how ``--precision bf16`` ran before);
-* ``fast bf16``: weights cast once (:meth:`AVSegFormer.cast_for_inference`) -- what ``--precision auto`` runs on
-  a CPU with native bf16;
+* ``reference bf16-autocast`` / ``fast bf16-autocast``: each path under ``torch.autocast`` (how ``--precision bf16``
+  ran on CUDA before issue 21; the design not chosen: autocast re-casts every weight on every call);
+* ``fast bf16``: weights cast once (:meth:`AVSegFormer.cast_for_inference`) -- what ``--precision bf16`` and
+  ``auto`` (where bf16 is native) run on every device;
+* ``fast fp16`` (``--fp16``): weights cast once to float16, as ``--precision fp16`` runs;
 * ``compiled``: ``torch.compile`` of the auto mode (``--compile``), with its compile time.
 
 Per mode: frames/s (best of ``--reps``), GFLOP per frame (``torch.utils.flop_counter`` on the reference), the
@@ -101,7 +103,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the fast bf16 (auto) mode")
-    ap.add_argument("--no-autocast", action="store_true", help="skip the reference bf16-autocast mode")
+    ap.add_argument("--no-autocast", action="store_true", help="skip the bf16-autocast modes")
+    ap.add_argument("--fp16", action="store_true", help="also time the fp16 mode (weights cast once to float16)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,14 +128,21 @@ def main() -> None:
     fast = copy.deepcopy(ref).set_impl("fast")
     fast_bf16 = copy.deepcopy(ref).set_impl("fast").cast_for_inference(torch.bfloat16)
 
-    def autocast_ref(x, **kw):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return ref(x, **kw)
+    def autocast(model):
+        def run(x, **kw):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(x, **kw)
+        return run
 
     modes = [("reference fp32", ref, ref, "fp32"), ("fast fp32", fast, fast, "fp32")]
     if not args.no_autocast:
-        modes.append(("reference bf16-autocast", autocast_ref, ref, "bf16"))
-    modes.append(("fast bf16 (auto)", fast_bf16, fast_bf16, "bf16"))
+        modes.append(("reference bf16-autocast", autocast(ref), ref, "bf16"))
+        modes.append(("fast bf16-autocast", autocast(fast), fast, "bf16"))
+    modes.append(("fast bf16 (cast once)", fast_bf16, fast_bf16, "bf16"))
+    if args.fp16:
+        fast_fp16 = copy.deepcopy(ref).set_impl("fast").cast_for_inference(torch.float16)
+        ceiling["fp16"] = gemm_gflops(torch.float16)
+        modes.append(("fast fp16 (cast once)", fast_fp16, fast_fp16, "fp16"))
     compile_s = None
     if args.compile:
         compiled = torch.compile(copy.deepcopy(fast_bf16), dynamic=False)

@@ -29,41 +29,27 @@ def test_cpu_flags_parsed(tmp_path):
 
 
 def test_resolve_modes(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cpu, cuda0, cuda1 = torch.device("cpu"), torch.device("cuda", 0), torch.device("cuda", 1)
     monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
     assert P.resolve("auto", cpu) == "bf16"
     monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
     assert P.resolve("auto", cpu) == "fp32"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation)
-    assert P.resolve("auto", cuda) == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
-    assert P.resolve("auto", cuda) == "fp32"
+    # auto asks the chosen GPU, not the current one: a Volta as GPU 0 beside an Ampere as GPU 1
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or ((8, 0) if d.index == 1 else (7, 0)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert P.resolve("auto", cuda1) == "bf16" and P.resolve("auto", cuda0) == "fp32"
+    assert asked == [cuda1, cuda0]
     for mode in ("fp32", "bf16", "fp16"):
         assert P.resolve(mode, cpu) == mode
-    assert P.resolve("tf32", cuda) == "tf32"
+    assert P.resolve("tf32", cuda0) == "tf32"
     with pytest.raises(AvsegError, match="CUDA mode"):
         P.resolve("tf32", cpu)
     with pytest.raises(AvsegError, match="unknown precision"):
         P.resolve("fp8", cpu)
-    # cast weights only for bf16 on the CPU; autocast elsewhere, nothing for float32 modes
-    assert P.casts_weights("bf16", cpu) and not P.casts_weights("bf16", cuda) and not P.casts_weights("fp16", cpu)
-    assert isinstance(P.autocast("bf16", cuda), torch.autocast) and not isinstance(P.autocast("bf16", cpu), torch.autocast)
-    assert not isinstance(P.autocast("fp32", cuda), torch.autocast) and not isinstance(P.autocast("tf32", cuda), torch.autocast)
-
-
-def test_fp32_means_ieee_on_cuda():
-    """This torch defaults cuDNN convolutions to TF32; fp32 switches both cuDNN and cuBLAS to IEEE, tf32 to TF32."""
-    cuda = torch.device("cuda")
-    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
-    try:
-        P.apply_matmul_mode("fp32", cuda)
-        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee", "ieee")
-        P.apply_matmul_mode("tf32", cuda)
-        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "tf32")
-        P.apply_matmul_mode("bf16", cuda)
-        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
-    finally:
-        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
+    # reduced modes cast the weights once (the same on every device); float32 modes do not
+    assert (P.reduced_dtype("bf16"), P.reduced_dtype("fp16")) == (torch.bfloat16, torch.float16)
+    assert P.reduced_dtype("fp32") is None and P.reduced_dtype("tf32") is None
 
 
 def test_predictor_records_modes(monkeypatch):

@@ -83,7 +83,7 @@ def train(
     aux: Optional[str] = typer.Option(None, "--aux", help="Auxiliary losses: both (default), mix (released), intermediate or none."),
     mix_weight: Optional[float] = typer.Option(None, "--mix-weight", help="Weight of the mix loss. Default 0.1."),
     inter_weight: Optional[float] = typer.Option(None, "--inter-weight", help="Weight of each decoder layer's mask loss. Default 1.0."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default), bf16 or fp16 (autocast; fp16 with loss scaling, CUDA only)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default; IEEE float32, also on CUDA), tf32 (CUDA: TF32 convolutions and matmuls), bf16 or fp16 (autocast; fp16 with loss scaling, CUDA only)."),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm (0 = off, the default)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights, data order and dropout. Default 123."),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N epochs (0 = never). Default: released (S4/MS3 1, AVSS 2)."),

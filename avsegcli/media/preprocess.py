@@ -120,11 +120,19 @@ def resize_like_pil(frames, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def normalize(frames_uint8) -> torch.Tensor:
-    """``[N, H, W, 3]`` uint8 -> ``[N, 3, H, W]`` float32: ``(x / 255 - mean) / std``."""
+def normalize_stats(device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet ``mean`` and ``std`` as ``[1, 3, 1, 1]`` float32 tensors on ``device`` (make them once and pass
+    them to :func:`normalize`: no host-to-device copy per batch)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return mean.to(device), std.to(device)
+
+
+def normalize(frames_uint8, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``[N, H, W, 3]`` uint8 -> ``[N, 3, H, W]`` float32: ``(x / 255 - mean) / std``, on the frames' device
+    (``stats``: :func:`normalize_stats` of that device, made here when not given)."""
     x = as_uint8_nhwc(frames_uint8).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1).to(x.device)  # runs on x's device
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1).to(x.device)
+    mean, std = stats if stats is not None else normalize_stats(x.device)
     return x.sub_(mean).div_(std).contiguous()
 
 

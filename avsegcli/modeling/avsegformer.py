@@ -8,11 +8,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avsegcli.modeling.cache import clear_caches
 from avsegcli.modeling.head import AVSegHead
 from avsegcli.modeling.vggish import VGGish
 
 
 IMPLS = ("reference", "fast")
+
+
+def _clear_after_load(module: nn.Module, _incompatible_keys) -> None:
+    clear_caches(module)
+
+
+def _island_in(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of a float32 island: floating inputs cast up to float32."""
+    return tuple(a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
+
+
+def _island_out(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    """Forward hook of a float32 island: the output back in the model's working dtype."""
+    return output.to(module.__dict__["island_dtype"])
 
 
 class AVSegFormer(nn.Module):
@@ -31,6 +46,7 @@ class AVSegFormer(nn.Module):
         self.head = head
         self.audio_proj = nn.Linear(audio_dim, dim)
         self.config = dict(config or {})
+        self.register_load_state_dict_post_hook(_clear_after_load)
 
     @property
     def num_classes(self) -> int:
@@ -49,22 +65,45 @@ class AVSegFormer(nn.Module):
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; expected one of {', '.join(IMPLS)}")
         self.impl = impl
+        self.clear_caches()
         for module in self.modules():
             if "impl" in type(module).__dict__:  # the modules with a fast variant
                 module.impl = impl
         return self.to(memory_format=torch.channels_last if impl == "fast" else torch.contiguous_format)
 
     def cast_for_inference(self, dtype: torch.dtype) -> AVSegFormer:
-        """Store the weights once in ``dtype`` (bf16/fp16) for inference. Kept in float32: VGGish and the audio
-        projection (run once per audio second), the norms (their statistics), and the last 1x1 convolutions
-        that produce the logits; the deformable attention samples in float32 on its own."""
-        keep = [self.vggish, self.audio_proj, self.head.fc[-1], self.head.attn_fc[-1]]
-        keep += [m for m in self.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))]
+        """Store the weights once in ``dtype`` (bf16/fp16) for inference, the same on every device (no autocast).
+
+        Float32 islands: VGGish and the audio projection (run once per audio second), the last 1x1 convolutions
+        that produce the logits, and the norms (LayerNorm, GroupNorm), which keep float32 weights and compute in
+        float32 on their input cast up, returning the working dtype (:func:`_island_in` / :func:`_island_out`:
+        every kernel sees one dtype, as CUDA's require); the deformable attention computes its sampling
+        locations and samples in float32 on its own. Batch norms are cast with the rest."""
+        if dtype == torch.float32:
+            raise ValueError("cast_for_inference takes a reduced dtype (bfloat16 or float16)")
+        norms = [m for m in self.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))]
+        keep = [self.vggish, self.audio_proj, self.head.fc[-1], self.head.attn_fc[-1], *norms]
         kept = {id(t) for m in keep for t in [*m.parameters(), *m.buffers()]}
         for t in [*self.parameters(), *self.buffers()]:  # buffers: batch-norm statistics
             if id(t) not in kept and t.is_floating_point():
                 t.data = t.data.to(dtype)
+        for m in norms:
+            if "island_dtype" not in m.__dict__:
+                m.register_forward_pre_hook(_island_in)
+                m.register_forward_hook(_island_out)
+            m.__dict__["island_dtype"] = dtype
+        self.clear_caches()
         return self
+
+    def clear_caches(self) -> AVSegFormer:
+        """Forget what the fast path derived from the weights (:mod:`avsegcli.modeling.cache`); called whenever
+        the weights may change under the caches (loading a state dict, casting, moving, switching impl)."""
+        clear_caches(self)
+        return self
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(), ...: the cached tensors would be stale
+        clear_caches(self)
+        return super()._apply(fn, recurse)
 
     def embed_audio(self, log_mel: Tensor) -> Tensor:
         """``log_mel``: ``[N, 1, 96, 64]`` -> VGGish embedding ``[N, 128]``. Run it once per audio chunk."""

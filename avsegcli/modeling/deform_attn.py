@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avsegcli.modeling.cache import module_cache
+
 
 def ms_deform_attn(
     value: Tensor,
@@ -139,22 +141,20 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(n, lq, m, lv * p).float().softmax(-1).view(n, lq, m, lv, p)
         # offsets are in pixels of each level: normalise by (W_l, H_l). The locations and the bilinear sampling are
         # computed in float32 whatever the working dtype (a bf16 location is off by up to a quarter pixel at 64 px).
-        normalizer = _level_normalizer(tuple(spatial_shapes), offsets.device)
+        normalizer = self._level_normalizer(tuple(spatial_shapes), offsets.device)
         locations = reference_points.float()[:, :, None, :, None, :] + offsets.float() / normalizer[None, None, None, :, None, :]
         sample = ms_deform_attn_accumulate if self.impl == "fast" else ms_deform_attn
         out = sample(v.float(), spatial_shapes, locations, weights)
         return self.output_proj(out.to(query.dtype))
 
-
-_NORMALIZERS: dict[tuple, Tensor] = {}
-
-
-def _level_normalizer(spatial_shapes: tuple[tuple[int, int], ...], device: torch.device) -> Tensor:
-    """``[L, 2]`` float32 (W_l, H_l), built once per shape and device (no host-to-device copy per layer)."""
-    key = (tuple((int(h), int(w)) for h, w in spatial_shapes), str(device))
-    norm = _NORMALIZERS.get(key)
-    if norm is None:
-        with torch.inference_mode(False):  # a normal tensor: usable by autograd after an inference-mode call
-            norm = torch.tensor([[w, h] for h, w in key[0]], dtype=torch.float32, device=device)
-        _NORMALIZERS[key] = norm
-    return norm
+    def _level_normalizer(self, spatial_shapes: tuple[tuple[int, int], ...], device: torch.device) -> Tensor:
+        """``[L, 2]`` float32 (W_l, H_l), built once per shape and device and kept in this module's cache (no
+        host-to-device copy per layer)."""
+        key = ("normalizer", tuple((int(h), int(w)) for h, w in spatial_shapes), device)
+        cache = module_cache(self)
+        norm = cache.get(key)
+        if norm is None:
+            with torch.inference_mode(False):  # a normal tensor: usable by autograd after an inference-mode call
+                norm = torch.tensor([[w, h] for h, w in key[1]], dtype=torch.float32, device=device)
+            cache[key] = norm
+        return norm

@@ -57,7 +57,9 @@ class QueryMLP(nn.Module):
         x = feature.permute(0, 2, 3, 1).reshape(n, h * w, c)  # [N, P, C]
         first, *middle, last = self.layers
         w1 = torch.matmul(first.weight.flatten(1), queries).transpose(1, 2)  # [N, C, hidden] = (W1 q)^T
-        grad = torch.is_grad_enabled()  # with autograd: chunks are concatenated instead of written in place
+        # with autograd or autocast (whose casts never apply to out= variants): chunks are concatenated instead of
+        # written in place
+        grad = torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type)
         out = None if grad else torch.empty(n, h * w, last.out_channels, dtype=x.dtype, device=x.device)  # [N, P, C]
         parts = []
         for b in range(n):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from avsegcli.modeling.cache import module_cache
+
 
 class SinePositionalEncoding(nn.Module):
     """Positions (row, column) counted from 1, encoded by sines and cosines of ``num_feats`` frequencies each."""
@@ -17,8 +19,8 @@ class SinePositionalEncoding(nn.Module):
     def forward(self, height: int, width: int, device: torch.device | None = None) -> Tensor:
         """Returns ``[1, 2 * num_feats, height, width]`` float32 (y features first, then x); computed once per
         size and device (it has no parameters), then reused."""
-        key = (int(height), int(width), str(device))
-        cache = self.__dict__.setdefault("_cache", {})
+        key = ("pos", int(height), int(width), torch.device(device) if device is not None else None)
+        cache = module_cache(self)
         if key not in cache:
             with torch.inference_mode(False):  # a normal tensor: usable by autograd after an inference-mode call
                 cache[key] = self._encode(height, width, device)

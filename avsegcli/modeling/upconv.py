@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avsegcli.modeling.cache import module_cache
+
 
 def _phase_taps(scale: int) -> torch.Tensor:
     """``[s, 3, 3]`` float64: upsampled row ``s*i + a + d`` (d = -1, 0, 1) as weights over input rows ``i + k``
@@ -34,9 +36,6 @@ def _phase_taps(scale: int) -> torch.Tensor:
     return taps
 
 
-_KERNELS: dict[tuple, tuple[Tensor, Tensor | None]] = {}
-
-
 def _version(t: Tensor) -> int:
     """The in-place version counter (-1 for an inference tensor, which has none: weights loaded under
     ``torch.inference_mode``)."""
@@ -47,12 +46,13 @@ def _version(t: Tensor) -> int:
 
 
 def _phase_kernel(conv: nn.Conv2d, scale: int) -> tuple[Tensor, Tensor | None]:
-    """The ``[s*s*O, C, 3, 3]`` kernel (channel ``o*s*s + a*s + b``, the pixel-shuffle order) and bias, cached per
-    weight version, dtype and device."""
+    """The ``[s*s*O, C, 3, 3]`` kernel (channel ``o*s*s + a*s + b``, the pixel-shuffle order) and bias, kept in
+    ``conv``'s own cache per scale, weight version, dtype and device."""
     w = conv.weight
     trains = torch.is_grad_enabled() and w.requires_grad  # then built from the weight each call, differentiably
-    key = (id(conv), w.data_ptr(), _version(w), w.dtype, str(w.device), scale)
-    hit = None if trains else _KERNELS.get(key)
+    key = ("phase", scale, _version(w), w.dtype, w.device)
+    cache = module_cache(conv)
+    hit = None if trains else cache.get(key)
     if hit is None:
         taps = _phase_taps(scale).to(w.device)
         # E[o, a, b, c, ky, kx] = sum_{dy,dx} W[o, c, dy, dx] taps[a, dy, ky] taps[b, dx, kx]
@@ -63,8 +63,8 @@ def _phase_kernel(conv: nn.Conv2d, scale: int) -> tuple[Tensor, Tensor | None]:
         if not trains:
             with torch.inference_mode(False):
                 hit = (kernel.detach().clone(), None if bias is None else bias.detach().clone())
-            _KERNELS.clear()  # one model in use at a time; keeps memory bounded
-            _KERNELS[key] = hit
+            cache.clear()  # one entry: the weights as they are now
+            cache[key] = hit
     return hit
 
 

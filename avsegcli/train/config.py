@@ -18,7 +18,7 @@ from avsegcli.errors import AvsegError
 from avsegcli.losses import AUX_CHOICES, LOSS_TYPES
 
 TASKS = ("s4", "ms3", "avss")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")  # fp32 is IEEE on every device; tf32 is asked for by name (CUDA)
 OPTIMIZERS = ("adamw", "sgd")
 NUM_CLASSES = {"s4": 1, "ms3": 1, "avss": 71}
 
