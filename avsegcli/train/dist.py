@@ -2,11 +2,16 @@
 
 ``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; with ``WORLD_SIZE > 1`` the process group is started
 with NCCL on CUDA and gloo on the CPU. Without ``torchrun`` (or with one process) everything here is a no-op.
+
+``AVSEG_DDP_BACKEND`` (``nccl`` or ``gloo``) overrides the backend. NCCL takes one GPU per rank; with
+``AVSEG_DDP_BACKEND=gloo`` on CUDA, ranks beyond the GPU count share them (``cuda:<LOCAL_RANK mod GPUs>``, with a
+warning on stderr): slow, for testing a multi-process run on a one-GPU machine, not for real training.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,6 +22,8 @@ import torch.distributed as dist
 from avsegcli.errors import AvsegError
 
 TIMEOUT = timedelta(minutes=60)  # rank 0 validates alone while the others wait
+BACKEND_ENV = "AVSEG_DDP_BACKEND"
+BACKENDS = ("nccl", "gloo")
 
 
 @dataclass
@@ -36,11 +43,22 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(pref: str, local_rank: int, world: int = 1) -> torch.device:
+def requested_backend() -> str | None:
+    """The process-group backend asked for with ``AVSEG_DDP_BACKEND`` (None: the default for the device)."""
+    value = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in BACKENDS:
+        raise AvsegError(f"{BACKEND_ENV}={value!r}: expected {' or '.join(BACKENDS)}")
+    return value
+
+
+def pick_device(pref: str, local_rank: int, world: int = 1, share_gpus: bool = False) -> torch.device:
     """``auto``: ``cuda:<local rank>`` when CUDA is available, else the CPU; or ``cpu``/``cuda``/``cuda:N``.
 
     Under ``torchrun`` (``world > 1``) each rank's GPU is ``cuda:<LOCAL_RANK>``: ``auto`` and ``cuda`` pick it, and an
-    explicit ``cuda:N`` is a usage error (it would put every rank on the same GPU and NCCL would fail at start)."""
+    explicit ``cuda:N`` is a usage error (it would put every rank on the same GPU and NCCL would fail at start).
+    ``share_gpus`` (the gloo backend on CUDA): ranks beyond the GPU count wrap around, ``cuda:<LOCAL_RANK mod GPUs>``."""
     try:
         device = torch.device("cpu" if pref == "auto" else pref)
     except RuntimeError:
@@ -57,10 +75,13 @@ def pick_device(pref: str, local_rank: int, world: int = 1) -> torch.device:
         if not torch.cuda.is_available():
             raise AvsegError("--device cuda: CUDA is not available")
         if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
+            count = torch.cuda.device_count()
+            index = local_rank % count if (share_gpus and world > 1 and count > 0) else local_rank
+            device = torch.device(f"cuda:{index}")
         if device.index >= torch.cuda.device_count():
             raise AvsegError(f"--device {device} asked for (LOCAL_RANK={local_rank}), but this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s)")
+                             f"{torch.cuda.device_count()} CUDA device(s)"
+                             + (f" (to test several processes on fewer GPUs: {BACKEND_ENV}=gloo)" if world > 1 else ""))
     elif device.type != "cpu":
         raise AvsegError(f"--device must be auto, cpu, cuda or cuda:N, got {pref!r}")
     return device
@@ -71,13 +92,20 @@ def setup(device_pref: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_pref, local_rank, world)
+    asked = requested_backend() if world > 1 else None
+    device = pick_device(device_pref, local_rank, world, share_gpus=asked == "gloo")
     info = DistInfo(rank=rank, world=world, local_rank=local_rank, device=device)
     if world > 1 and not dist.is_initialized():
+        backend = asked or ("nccl" if device.type == "cuda" else "gloo")
+        if backend == "nccl" and device.type != "cuda":
+            raise AvsegError(f"{BACKEND_ENV}=nccl needs CUDA devices (device is {device}); use gloo on the CPU")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+            if device.index != local_rank:
+                print(f"warning: rank {rank} (LOCAL_RANK={local_rank}) shares {device} with another rank "
+                      f"({BACKEND_ENV}=gloo): a test setup, slower than one GPU per rank with NCCL",
+                      file=sys.stderr, flush=True)
+        kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, timeout=TIMEOUT, **kwargs)
         info.started_here = True
     return info
