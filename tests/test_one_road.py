@@ -1,7 +1,8 @@
 """One precision road on every device (issue 21), walked on the CPU.
 
 * Every mode (fp32, bf16, fp16) with every impl (fast, reference), for a binary and a semantic model, through
-  ``Predictor.logits``, ``stream``, ``avseg run`` and ``avseg eval``: float32 logits that agree with fp32.
+  ``Predictor.logits`` and ``run_videos`` (what ``avseg run`` calls); ``stream``, the ``avseg run`` command (fp16
+  included: it used to raise) and ``avseg eval`` (every mode) on top: float32 logits that agree with fp32.
 * The design removes autocast from inference: a predictor never enters it, and every kernel with a one-dtype
   rule on CUDA (matmuls, convolutions, norms, grid sampling) sees one dtype, checked op by op on the CPU with a
   dispatch mode -- CUDA's rules, enforced where the tests run.
@@ -115,21 +116,52 @@ def test_run_demo_in_fp16(tmp_path):
     assert meta["model"]["precision"] == "fp16" and meta["num_frames"] > 0
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_eval_in_every_mode_goes_through_the_predictors_forward(mode, ckpts, tmp_path, monkeypatch):
-    """eval uses ``Predictor.forward`` (so ``--compile`` and the precision apply); scores agree with fp32."""
-    root = write_fake_avsbench(tmp_path / "data", "s4", videos_per_split=2, seed=0, image_hw=(32, 32))
+@pytest.mark.parametrize("kind,task", [("binary", "s4"), ("semantic", "avss")])
+def test_eval_in_every_mode_goes_through_the_predictors_forward(kind, task, ckpts, tmp_path, monkeypatch):
+    """eval uses ``Predictor.forward`` (so ``--compile`` and the precision apply) in every mode, for a binary (S4)
+    and a semantic (AVSS) model; scores agree with fp32. The reference impl is evaluated in fp32 here: in bf16/fp16
+    its contiguous convolutions take torch's slow CPU kernel (about 60x the fast path on this tiny model), and those
+    combinations run through ``Predictor`` and ``run_videos`` above with the same forward."""
+    root = write_fake_avsbench(tmp_path / "data", task, videos_per_split=2, seed=0, image_hw=(32, 32))
     scores = {}
-    for m in ("fp32", mode):
-        pred = Predictor(ckpts["binary"], device="cpu", precision=m, impl="fast")
+    for m, impl in [*((m, "fast") for m in MODES), ("fp32", "reference")]:
+        pred = Predictor(ckpts[kind], device="cpu", precision=m, impl=impl)
         calls = []
         inner = pred._forward
         monkeypatch.setattr(pred, "_forward", lambda *a, **k: calls.append(1) or inner(*a, **k))
-        res = evaluate("s4", root, "test", predictor=pred, workers=0)
+        res = evaluate(task, root, "test", predictor=pred, workers=0)
         assert calls, "eval bypassed the predictor's forward"
-        assert res["model"]["precision"] == m
-        scores[m] = res["overall"]["official"]["miou"]
-    assert abs(scores[mode] - scores["fp32"]) <= 0.02
+        assert (res["model"]["precision"], res["model"]["impl"]) == (m, impl)
+        scores[m, impl] = (res["overall"]["official"]["miou"], res["overall"]["official"]["fscore"])
+    base = scores["fp32", "reference"]
+    for key, (miou, fscore) in scores.items():
+        tol = 1e-4 if key[0] == "fp32" else 0.02
+        assert abs(miou - base[0]) <= tol and abs(fscore - base[1]) <= tol, (key, scores)
+
+
+@pytest.mark.parametrize("kind", ["binary", "semantic"])
+def test_run_videos_in_every_mode_and_impl(kind, ckpts, tmp_path):
+    """``run_videos`` (what ``avseg run`` calls) for every precision x impl: float32 logits make masks that agree
+    with fp32 reference; meta.json records what ran."""
+    from avsegcli.maskio import read_masks_dir
+    from avsegcli.runner import run_videos
+    from media_gen import make_video
+
+    video = make_video(tmp_path / "v.mp4", seconds=3, fps=5)
+    masks = {}
+    for mode in MODES:
+        for impl in IMPLS:
+            out = tmp_path / f"{mode}_{impl}"
+            pred = Predictor(ckpts[kind], device="cpu", precision=mode, impl=impl, batch_size=2)
+            res = run_videos(pred, [video], out, workers=0, fmt="npz")
+            assert [r.status for r in res] == ["done"], res
+            meta = json.loads((out / "v" / "meta.json").read_text())
+            assert (meta["model"]["precision"], meta["model"]["impl"], meta["semantic"]) == (mode, impl, kind == "semantic")
+            masks[mode, impl] = read_masks_dir(out / "v").masks
+    base = masks["fp32", "reference"]
+    for key, got in masks.items():
+        assert got.shape == base.shape
+        assert (got == base).mean() >= (0.999 if key[0] == "fp32" else 0.97), (key, (got == base).mean())
 
 
 class _DtypeRules(TorchDispatchMode):
