@@ -17,7 +17,7 @@ __all__ = ["__version__", "build_model", "load_model", "PRESETS", "Predictor"]
 
 if TYPE_CHECKING:
     from avsegcli.build import PRESETS, build_model
-    from avsegcli.predictor import Predictor
+    from avsegcli.inference.predictor import Predictor
     from avsegcli.weights import load_model
 
 
@@ -31,7 +31,7 @@ def __getattr__(name: str) -> Any:  # lazy: `avseg --help` must not import torch
 
         return load_model
     if name == "Predictor":
-        from avsegcli.predictor import Predictor
+        from avsegcli.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'avsegcli' has no attribute {name!r}")

@@ -40,9 +40,9 @@ import bench_run  # noqa: E402  (puts tests/ on sys.path: media_gen)
 from media_gen import make_video  # noqa: E402
 
 from avsegcli.build import build_model, preset  # noqa: E402
-from avsegcli.feed import default_workers  # noqa: E402
-from avsegcli.predictor import Predictor  # noqa: E402
-from avsegcli.runner import run_videos  # noqa: E402
+from avsegcli.inference.feed import default_workers  # noqa: E402
+from avsegcli.inference.predictor import Predictor  # noqa: E402
+from avsegcli.run.local import run_videos  # noqa: E402
 from avsegcli.weights import save_checkpoint  # noqa: E402
 
 T0 = time.perf_counter()

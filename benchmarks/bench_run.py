@@ -38,9 +38,9 @@ from media_gen import make_video  # noqa: E402
 
 from avsegcli import media  # noqa: E402
 from avsegcli.build import build_model, preset  # noqa: E402
-from avsegcli.feed import default_workers, stage  # noqa: E402
-from avsegcli.predictor import Predictor  # noqa: E402
-from avsegcli.runner import _messages, run_videos  # noqa: E402
+from avsegcli.inference.feed import default_workers, stage  # noqa: E402
+from avsegcli.inference.predictor import Predictor  # noqa: E402
+from avsegcli.run.local import _messages, run_videos  # noqa: E402
 from avsegcli.weights import save_checkpoint  # noqa: E402
 
 

@@ -11,7 +11,7 @@ memory per frame, the 10-minute video would lift it by ten times what the 1-minu
 (``--size`` px square, 1 fps, 16 kHz mono tone as PCM in Matroska) so that a 10-minute one is made in a second.
 
 ``--writer``: the same question for what ``avseg run`` writes (issue 21, item 5). For each ``--frames`` count, one
-fresh process (``--writer-child``, no torch) feeds a :class:`~avsegcli.maskio.VideoMaskWriter` as ``avseg run
+fresh process (``--writer-child``, no torch) feeds a :class:`~avsegcli.masks.io.VideoMaskWriter` as ``avseg run
 --format all --save-probs`` does on an AVSS model: semantic 360x640 masks and softmax probs ``[71, S, S]`` float16
 (``S = --probs-size``, 224 as the released AVSS models: ~7 MB a frame), from two threads in batches of 16 that
 arrive out of order, then ``finish``; it reports the peak RSS above the RSS before the first frame and the
@@ -41,7 +41,7 @@ def _rss_mb() -> float:
 def child(videos: list[str], ckpt: str, batch_size: int) -> list[dict]:
     import torch
 
-    from avsegcli.predictor import Predictor
+    from avsegcli.inference.predictor import Predictor
 
     torch.set_num_threads(1)
     pred = Predictor(ckpt, device="cpu", batch_size=batch_size)
@@ -91,7 +91,7 @@ def writer_child(frames: int, probs_size: int, fmt: str, threads: int = 2) -> di
 
     import numpy as np
 
-    from avsegcli.maskio import VideoMaskWriter
+    from avsegcli.masks.io import VideoMaskWriter
 
     with tempfile.TemporaryDirectory() as tmp:
         writer_frame(0, probs_size)  # imports and first allocations before the baseline

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_synth_audio.py /tmp/synth-test [--weights W] [--seed 0] [--json out.json]
 
 Exactly ``avseg eval --task s4 --data DIR --negative-audio silence,noise,offscreen`` (the library call
-:func:`avsegcli.evaluate.evaluate`), printed as one line per condition: the positive official mIoU / F-score, the
+:func:`avsegcli.eval.evaluate.evaluate`), printed as one line per condition: the positive official mIoU / F-score, the
 false-positive rate with silence, white noise and another clip's off-screen sound, and g_miou / g_fscore.
 """
 
@@ -14,9 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from avsegcli.evaluate import evaluate
-from avsegcli.negative_audio import CONDITIONS
-from avsegcli.predictor import Predictor
+from avsegcli.eval.evaluate import evaluate
+from avsegcli.data.negatives import CONDITIONS
+from avsegcli.inference.predictor import Predictor
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from avsegcli.data import (
 )
 from avsegcli.data.avss import colour_mask_to_ids
 from avsegcli.errors import AvsegError
-from avsegcli.metrics import BinaryMetrics, SemanticMetrics
+from avsegcli.eval.metrics import BinaryMetrics, SemanticMetrics
 from avsegcli.palette import voc_palette
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)

@@ -17,7 +17,7 @@ arithmetic), same checkpoint (random weights), same frames; agreement is the sha
     fp16        1e-2      1e-1      99 %        2.5e-3 / 3.2e-3 (tiny, worst impl), 2.5e-3 / 5.0e-3, 100 % (s4-r50 fast)
     bf16        6e-2      3e-1      97 %        1.9e-2 / 2.2e-2 (tiny, worst impl), 2.1e-2 / 4.9e-2, 99.97 % (s4-r50 fast)
 
-bf16 and fp16 are weights cast once with float32 islands (:mod:`avsegcli.precision`), the same arithmetic the CPU
+bf16 and fp16 are weights cast once with float32 islands (:mod:`avsegcli.inference.precision`), the same arithmetic the CPU
 runs, so the CPU's measured errors are the GPU's order of magnitude; the bounds leave about 3x. Masks (source size,
 ``bilinear(logits) > 0``) agree with the CPU's fp32 masks on >= 99 % of pixels in fp32, >= 99 % in fp16, >= 97 % in
 bf16 (CPU measured: fp16 99.9 %, bf16 99.3 %); AVSS class-id masks on >= 99 % in fp32.
@@ -37,16 +37,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avsegcli import precision as P
+from avsegcli.inference import precision as P
 from avsegcli.build import build_model, preset
 from avsegcli.data import write_fake_avsbench
-from avsegcli.engine import train
-from avsegcli.evaluate import evaluate
-from avsegcli.feed import device_frames, logits_to_masks, stage, to_device
-from avsegcli.maskio import read_masks_dir
+from avsegcli.train.engine import train
+from avsegcli.eval.evaluate import evaluate
+from avsegcli.inference.feed import device_frames, logits_to_masks, stage, to_device
+from avsegcli.masks.io import read_masks_dir
 from avsegcli.media.preprocess import preprocess_frames, resize_frames
-from avsegcli.predictor import Predictor
-from avsegcli.runner import run_videos
+from avsegcli.inference.predictor import Predictor
+from avsegcli.run.local import run_videos
 from avsegcli.train import TrainConfig
 from avsegcli.train.state import load_state, read_log
 from avsegcli.weights import save_checkpoint

@@ -27,9 +27,9 @@ from avsegcli.build import build_model, preset
 from avsegcli.cli import eval_cmd
 from avsegcli.data import load_binary_prediction, load_semantic_prediction, make_dataset, write_fake_avsbench
 from avsegcli.errors import AvsegError
-from avsegcli.evaluate import resolve_data_root
-from avsegcli.maskio import VideoMaskWriter
-from avsegcli.metrics import PROTOCOLS, BinaryMetrics, SemanticMetrics
+from avsegcli.eval.evaluate import resolve_data_root
+from avsegcli.masks.io import VideoMaskWriter
+from avsegcli.eval.metrics import PROTOCOLS, BinaryMetrics, SemanticMetrics
 from avsegcli.weights import load_model, save_checkpoint
 from conftest import run_cli
 
@@ -298,7 +298,7 @@ def test_dataset_errors(env: SimpleNamespace, tmp_path: Path, monkeypatch: pytes
     assert "not both" in user_error("--task", "s4", "--data", data, "--pred", pred, "--weights", env.ckpt["s4"])
     assert "--save-pred needs --weights" in user_error("--task", "s4", "--data", data, "--pred", pred,
                                                        "--save-pred", tmp_path / "s")
-    monkeypatch.setattr("avsegcli.predictor.REPO_WEIGHTS", tmp_path / "no-weights")
+    monkeypatch.setattr("avsegcli.inference.predictor.REPO_WEIGHTS", tmp_path / "no-weights")
     assert "no --weights given" in user_error("--task", "s4", "--data", env.data)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from avsegcli.data import make_dataset, save_binary_prediction, write_fake_avsbench
-from avsegcli.evaluate import evaluate
+from avsegcli.eval.evaluate import evaluate
 
 SIZE = 512  # non-square fake frames are scored at the S4/MS3 size
 

@@ -18,11 +18,11 @@ from avsegcli import media
 from avsegcli.build import build_model, preset
 from avsegcli.data import write_fake_avsbench
 from avsegcli.errors import AvsegError
-from avsegcli.evaluate import evaluate
-from avsegcli.feed import default_workers, device_frames, logits_to_masks, semantic_masks, stage
-from avsegcli.maskio import mask_stats, read_masks_dir
+from avsegcli.eval.evaluate import evaluate
+from avsegcli.inference.feed import default_workers, device_frames, logits_to_masks, semantic_masks, stage
+from avsegcli.masks.io import mask_stats, read_masks_dir
 from avsegcli.media.preprocess import normalize, preprocess_frames, resize_frames
-from avsegcli.runner import run_videos
+from avsegcli.run.local import run_videos
 from avsegcli.train import dist
 from avsegcli.weights import save_checkpoint
 from conftest import REPO

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import avsegcli
-from avsegcli.maskio import read_masks_dir
+from avsegcli.masks.io import read_masks_dir
 from avsegcli.media.video import VideoSource
 from conftest import run_cli
 from media_gen import FFMPEG, make_video
@@ -229,7 +229,7 @@ def test_read_only_out(corpus, tiny_ckpt, monkeypatch, capsys, tmpfs):
 # ---- disk full / read-only during the run: that video fails cleanly, resumable -----------------------------
 
 def test_disk_full_then_resume(corpus, predictor, tmpfs):
-    from avsegcli.runner import run_videos
+    from avsegcli.run.local import run_videos
 
     mnt, remount = tmpfs
     out = mnt / "out"
@@ -242,8 +242,8 @@ def test_disk_full_then_resume(corpus, predictor, tmpfs):
 
 
 def test_read_only_during_run(corpus, predictor, tmp_path, monkeypatch):
-    import avsegcli.maskio as maskio
-    from avsegcli.runner import run_videos
+    import avsegcli.masks.io as maskio
+    from avsegcli.run.local import run_videos
 
     real = maskio.save_mask_png
 
@@ -264,7 +264,7 @@ def test_read_only_during_run(corpus, predictor, tmp_path, monkeypatch):
 # ---- resume knows which video a folder was made from ---------------------------------------------------------
 
 def test_resume_identity(corpus, predictor, tmp_path):
-    from avsegcli.runner import run_videos
+    from avsegcli.run.local import run_videos
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

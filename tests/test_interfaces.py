@@ -18,10 +18,10 @@ from PIL import Image
 
 from avsegcli.build import build_model, preset
 from avsegcli.errors import AvsegError
-from avsegcli.maskio import VideoMaskWriter, load_mask_png, read_masks_dir
+from avsegcli.masks.io import VideoMaskWriter, load_mask_png, read_masks_dir
 from avsegcli.palette import AVSS_CLASS_NAMES
-from avsegcli.predictor import Predictor
-from avsegcli.runner import run_videos
+from avsegcli.inference.predictor import Predictor
+from avsegcli.run.local import run_videos
 from avsegcli.weights import save_checkpoint
 from conftest import REPO, run_cli
 from media_gen import make_video
@@ -112,7 +112,7 @@ def test_rle_empty_frame_has_no_segments(tmp_path):
 def test_eval_pred_identical_on_png_and_rle(tmp_path, task):
     from avsegcli.data import make_dataset, write_fake_avsbench
     from avsegcli.data.avss import FRAMES_PER_SUBSET
-    from avsegcli.evaluate import evaluate
+    from avsegcli.eval.evaluate import evaluate
 
     data = write_fake_avsbench(tmp_path / "data", task, videos_per_split=2 if task == "s4" else 1, seed=3)
     ds = make_dataset(task, data, "test", load_audio=False)
@@ -224,9 +224,9 @@ def media_probe(path):
 
 @pytest.mark.parametrize("task", ["s4", "avss"])
 def test_eval_plots(tmp_path, task):
-    from avsegcli.evaluate import evaluate
+    from avsegcli.eval.evaluate import evaluate
     from avsegcli.data import write_fake_avsbench
-    from avsegcli.plots import write_plots
+    from avsegcli.eval.plots import write_plots
 
     data = write_fake_avsbench(tmp_path / "data", task, videos_per_split=2 if task == "s4" else 1, seed=1)
     torch.manual_seed(1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from avsegcli.errors import AvsegError
-from avsegcli.maskio import VideoMaskWriter, is_complete, read_masks_dir
+from avsegcli.masks.io import VideoMaskWriter, is_complete, read_masks_dir
 
 
 @pytest.mark.parametrize("fmt,semantic", [("png", False), ("npz", False), ("png", True), ("npz", True)])

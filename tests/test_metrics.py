@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from avsegcli.metrics import (
+from avsegcli.eval.metrics import (
     BinaryMetrics, SemanticMetrics, binary_f_curves, f_thresholds, semantic_frame_areas,
 )
 

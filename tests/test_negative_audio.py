@@ -24,11 +24,12 @@ from PIL import Image
 from avsegcli.build import build_model, preset
 from avsegcli.data import make_dataset, write_fake_avsbench
 from avsegcli.errors import AvsegError
-from avsegcli.evaluate import evaluate
+from avsegcli.eval.evaluate import evaluate
 from avsegcli.media.logmel import SILENCE_VALUE, waveform_to_examples
-from avsegcli.negative_audio import GROUPS, NOISE_RMS, clip_categories, offscreen_pairs, parse_conditions
+from avsegcli.data.negatives import GROUPS, clip_categories, offscreen_pairs, parse_conditions
+from avsegcli.media.signals import NOISE_RMS
 from avsegcli.palette import AVSS_CLASS_NAMES
-from avsegcli.predictor import Predictor
+from avsegcli.inference.predictor import Predictor
 from avsegcli.weights import save_checkpoint
 from conftest import REPO, run_cli
 
@@ -181,7 +182,7 @@ def test_model_ignoring_audio_has_fpr_equal_to_its_area(task, data, deaf, tmp_pa
         assert again["negative_audio"][c]["fpr"] == pytest.approx(res["negative_audio"][c]["fpr"], abs=1e-12)
     if task == "s4":  # the same masks as `avseg run` output folders: DIR/<clip>/ and DIR/<condition>/<clip>/
         from avsegcli.data import load_binary_prediction
-        from avsegcli.maskio import VideoMaskWriter
+        from avsegcli.masks.io import VideoMaskWriter
 
         run_dir = tmp_path / "run"
         for sub in ("", *ALL):
@@ -283,7 +284,7 @@ def test_cli_json_keys_and_errors(data, deaf, tmp_path):
 
 
 def test_train_negative_sampler(data, tmp_path):
-    from avsegcli.engine import train
+    from avsegcli.train.engine import train
     from avsegcli.train import TrainConfig
     from avsegcli.train.data import epoch_batches
     from avsegcli.train.negatives import NegativeAudioClips, NegativeSampler, count_negative
@@ -337,7 +338,7 @@ def test_run_silence_lowers_the_sounding_area_and_overrides(tmp_path):
     assert meta["audio"] == {"source": "silence"}
     silent = float(np.mean([f["sounding_area"] for f in meta["frames"]]))
     pred = Predictor(device="cpu", batch_size=5)
-    from avsegcli.runner import run_videos
+    from avsegcli.run.local import run_videos
 
     (again,) = run_videos(pred, [SAMPLE], out, workers=0)  # the original audio into the silent run's folder
     assert again.status == "failed" and "--audio silence" in again.reason

@@ -29,11 +29,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import avsegcli
-from avsegcli import precision as P
+from avsegcli.inference import precision as P
 from avsegcli.build import build_model, preset
 from avsegcli.data import write_fake_avsbench
-from avsegcli.evaluate import evaluate
-from avsegcli.predictor import Predictor
+from avsegcli.eval.evaluate import evaluate
+from avsegcli.inference.predictor import Predictor
 from avsegcli.weights import save_checkpoint
 from conftest import run_cli
 
@@ -143,8 +143,8 @@ def test_eval_in_every_mode_goes_through_the_predictors_forward(kind, task, ckpt
 def test_run_videos_in_every_mode_and_impl(kind, ckpts, tmp_path):
     """``run_videos`` (what ``avseg run`` calls) for every precision x impl: float32 logits make masks that agree
     with fp32 reference; meta.json records what ran."""
-    from avsegcli.maskio import read_masks_dir
-    from avsegcli.runner import run_videos
+    from avsegcli.masks.io import read_masks_dir
+    from avsegcli.run.local import run_videos
     from media_gen import make_video
 
     video = make_video(tmp_path / "v.mp4", seconds=3, fps=5)
@@ -263,8 +263,8 @@ def test_precision_scope_restores_every_flag():
 
 def test_no_command_leaves_a_flag_changed(ckpts, tmp_path):
     """After a predictor, a stream, a run, an eval and a training run in one process: the flags as before."""
-    from avsegcli.engine import train
-    from avsegcli.runner import run_videos
+    from avsegcli.train.engine import train
+    from avsegcli.run.local import run_videos
     from avsegcli.train import TrainConfig
     from media_gen import make_video
 

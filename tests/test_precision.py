@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from avsegcli import precision as P
+from avsegcli.inference import precision as P
 from avsegcli.errors import AvsegError
-from avsegcli.predictor import DEFAULT_WEIGHTS_NAME, REPO_WEIGHTS, Predictor
+from avsegcli.inference.predictor import DEFAULT_WEIGHTS_NAME, REPO_WEIGHTS, Predictor
 from conftest import run_cli
 
 

@@ -89,7 +89,7 @@ def long_video(tmp_path_factory) -> tuple[Path, Path]:
     import numpy as np
 
     from avsegcli import media
-    from avsegcli.maskio import VideoMaskWriter
+    from avsegcli.masks.io import VideoMaskWriter
 
     root = tmp_path_factory.mktemp("render_kill")
     video = make_video(root / "v.mp4", seconds=8, fps=25, size=(320, 240), tone_hz=440)

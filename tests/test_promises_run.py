@@ -16,8 +16,8 @@ from PIL import Image
 
 import avsegcli
 from avsegcli.build import preset
-from avsegcli.maskio import read_masks_dir
-from avsegcli.runner import collect_inputs, run_videos
+from avsegcli.masks.io import read_masks_dir
+from avsegcli.run.local import collect_inputs, run_videos
 from avsegcli.weights import save_checkpoint
 from conftest import run_cli
 from media_gen import make_video

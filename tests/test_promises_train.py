@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from avsegcli.build import build_model
 from avsegcli.data import write_fake_avsbench
-from avsegcli.engine import prepare, train
+from avsegcli.train.engine import prepare, train
 from avsegcli.errors import AvsegError
 from avsegcli.train import TrainConfig
 from avsegcli.train.config import resolve
@@ -159,7 +159,7 @@ def test_kill_while_writing_state_still_resumes(s4_six, tmp_path):
     run = tmp_path / "run"
     script = f"""
 import os, signal, torch
-from avsegcli.engine import train
+from avsegcli.train.engine import train
 from avsegcli.train import TrainConfig
 real, calls = torch.save, []
 def torn(obj, f, *args, **kwargs):  # the 2nd state.pt (end of epoch 1): half written, then killed
@@ -265,7 +265,7 @@ def test_s4_backbone_frozen_for_the_first_five_epochs(s4_two, tmp_path):
 def test_avss_validates_from_epoch_10_every_2(tmp_path, monkeypatch):
     """AVSS recipe: validation after epochs 10, 12, ... (0-based) only. The engine's loop, data and validation run
     for real; the optimiser step is replaced by a counter so that 13 epochs cost little."""
-    from avsegcli import engine
+    from avsegcli.train import engine
 
     data = write_fake_avsbench(tmp_path / "avss", "avss", videos_per_split=1, seed=3, image_hw=(SIZE, SIZE))
     res = train(cfg(data, tmp_path / "one", task="avss", batch_size=3, freeze_epochs=None, max_steps=1))

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avsegcli.maskio import read_masks_dir
+from avsegcli.masks.io import read_masks_dir
 from avsegcli.media import benchmark_indices, probe
-from avsegcli.predictor import DEFAULT_WEIGHTS_NAME, REPO_WEIGHTS
+from avsegcli.inference.predictor import DEFAULT_WEIGHTS_NAME, REPO_WEIGHTS
 from avsegcli.weights import read_checkpoint
 from conftest import REPO, run_cli
 

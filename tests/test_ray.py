@@ -18,8 +18,8 @@ import pytest
 
 import avsegcli
 from avsegcli.errors import AvsegError
-from avsegcli.maskio import read_masks_dir
-from avsegcli.runner import collect_inputs, run_videos
+from avsegcli.masks.io import read_masks_dir
+from avsegcli.run.local import collect_inputs, run_videos
 from media_gen import make_video
 
 # meta.json fields that legitimately differ between two runs of the same video: the wall-clock time it took.
@@ -135,7 +135,7 @@ class _KillOnce:
 def test_killed_actor_video_redone_elsewhere(ray_address, videos, tiny_ckpt, tmp_path):
     import ray
 
-    from avsegcli.ray_runner import RayOptions, run_on_ray
+    from avsegcli.run.ray import RayOptions, run_on_ray
 
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -197,7 +197,7 @@ def test_rerun_after_driver_killed_skips_finished(ray_address, videos, tiny_ckpt
 
 def test_out_not_shared_is_refused(tmp_path):
     """The driver's half of the shared-folder check: a marker an actor wrote elsewhere is an error naming the node."""
-    from avsegcli.ray_runner import _Driver
+    from avsegcli.run.ray import _Driver
 
     info = {"actor": "avseg-x-0", "node_id": "n1", "ip": "10.1.2.3"}
     fake = SimpleNamespace(out=tmp_path)

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from avsegcli import media
 from avsegcli.errors import AvsegError
-from avsegcli.maskio import VideoMaskWriter
+from avsegcli.masks.io import VideoMaskWriter
 from avsegcli.palette import voc_palette
 from avsegcli.render import BINARY_COLOUR, audio_rms, draw_overlay, frame_to_mask, open_masks, render_video
 from avsegcli.render.draw import level_fraction

@@ -15,8 +15,8 @@ import pytest
 
 import avsegcli
 from avsegcli.errors import CheckpointError
-from avsegcli.maskio import read_masks_dir
-from avsegcli.runner import collect_inputs, output_stems
+from avsegcli.masks.io import read_masks_dir
+from avsegcli.run.local import collect_inputs, output_stems
 from conftest import run_cli
 from media_gen import make_video
 
@@ -151,7 +151,7 @@ def test_inputs_list_and_usage_errors(videos, tiny_ckpt, tmp_path):
 
 def test_no_weights_names_where_to_put_them(monkeypatch, tmp_path):
     """Without --weights and without the bundled file, the error says where to put a checkpoint."""
-    import avsegcli.predictor as predictor
+    import avsegcli.inference.predictor as predictor
 
     monkeypatch.setattr(predictor, "REPO_WEIGHTS", tmp_path / "weights")
     with pytest.raises(CheckpointError) as err:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from avsegcli.build import build_model, preset
 from avsegcli.data import write_fake_avsbench
-from avsegcli.engine import lr_at, train
+from avsegcli.train.engine import lr_at, train
 from avsegcli.errors import AvsegError, CheckpointError
 from avsegcli.losses import SegmentationLoss, dice_per_frame, loss_weights
 from avsegcli.train import TrainConfig

@@ -5,7 +5,7 @@ float16, 360x640 masks), out of frame order from two threads as ``avseg run``'s 
 ``tracemalloc``: the peak traced memory of the adds and the finish stays far below the bytes of all the masks and
 probs (the writer used to keep them all in lists and ``np.stack`` them at the end), and does not grow with the
 number of frames. The outputs are still exactly what they were: ``masks.npz`` loads to the same arrays in frame
-order, ``masks.json`` is the document :mod:`avsegcli.maskrle` makes, and no spill file is published.
+order, ``masks.json`` is the document :mod:`avsegcli.masks.rle` makes, and no spill file is published.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from avsegcli.errors import AvsegError
-from avsegcli.maskio import NPZ, VideoMaskWriter, mask_filename, read_masks_dir
-from avsegcli.maskrle import RLE_FILE, encode_segments, rle_document
+from avsegcli.masks.io import NPZ, VideoMaskWriter, mask_filename, read_masks_dir
+from avsegcli.masks.rle import RLE_FILE, encode_segments, rle_document
 
 H, W = 360, 640
 PROBS = (71, 56, 56)

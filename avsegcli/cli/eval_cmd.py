@@ -127,7 +127,7 @@ def evaluate(
 ) -> None:
     """Score mIoU and F-score on AVSBench (S4, MS3, AVSS) with the official protocol and a per-frame one."""
     from avsegcli.errors import AvsegError
-    from avsegcli.evaluate import check_task, evaluate as run_eval, resolve_data_root
+    from avsegcli.eval.evaluate import check_task, evaluate as run_eval, resolve_data_root
 
     set_verbosity(verbose, quiet)
     check_task(task)
@@ -137,7 +137,7 @@ def evaluate(
         raise AvsegError("give --weights or --pred, not both")
     if save_pred is not None and pred is not None:
         raise AvsegError("--save-pred needs --weights (the masks come from the model)")
-    from avsegcli.negative_audio import parse_conditions
+    from avsegcli.data.negatives import parse_conditions
 
     conditions = parse_conditions(negative_audio)
     if negative_audio is not None and not conditions:
@@ -145,7 +145,7 @@ def evaluate(
     root = resolve_data_root(data)
     predictor = None
     if pred is None:
-        from avsegcli.predictor import Predictor
+        from avsegcli.inference.predictor import Predictor
 
         predictor = Predictor(weights, device=device, precision=precision)
         detail(f"model {predictor.model_info()}")
@@ -173,7 +173,7 @@ def evaluate(
     for w in res["warnings"]:
         err.print(f"warning: {w}", markup=False)
     if plots is not None:
-        from avsegcli.plots import write_plots
+        from avsegcli.eval.plots import write_plots
 
         made = write_plots(res, plots)
         if not (quiet or to_stdout):

@@ -75,7 +75,7 @@ def _render_all(results, out: Path, console: Console, quiet: bool, start: float 
         except AvsegError as err:
             r.status, r.reason = "failed", f"render: {err.reason}"
         except OSError as err:  # the disk filled up or went read-only
-            from avsegcli.runguard import os_reason
+            from avsegcli.run.guard import os_reason
 
             r.status, r.reason = "failed", f"render: cannot write {out / r.stem / 'overlay.mp4'} ({os_reason(err)})"
 
@@ -111,15 +111,15 @@ def run(
 ) -> None:
     """Segment the sounding objects of every sampled frame; resumable (finished videos are skipped)."""
     from avsegcli.errors import AvsegError
-    from avsegcli.maskio import FORMATS
-    from avsegcli.predictor import Predictor
-    from avsegcli.runner import collect_inputs, run_videos, write_summary
+    from avsegcli.masks.io import FORMATS
+    from avsegcli.inference.predictor import Predictor
+    from avsegcli.run.local import collect_inputs, run_videos, write_summary
 
     if fmt not in FORMATS:
         raise AvsegError(f"--format must be png, npz, rle or all, not {fmt!r}")
     if save_probs and fmt not in ("npz", "all"):
         raise AvsegError("--save-probs needs --format npz (or all)")
-    from avsegcli.runguard import check_out_dir, check_run_flags
+    from avsegcli.run.guard import check_out_dir, check_run_flags
 
     check_run_flags(fps=fps, batch_size=batch_size, workers=workers)  # nan, inf, negative...: usage errors
     set_verbosity(verbose, quiet)
@@ -143,7 +143,7 @@ def run(
     out = check_out_dir(out)  # a file, not creatable, read-only, full: usage error before any work
     console = Console(stderr=True)
     extra: dict = {}
-    if ray is not None:  # the same videos, outputs and rules, spread over Ray actors (avsegcli/ray_runner.py)
+    if ray is not None:  # the same videos, outputs and rules, spread over Ray actors (avsegcli/run/ray.py)
         from avsegcli.cli.run_ray import run_with_ray
 
         t0 = time.perf_counter()
@@ -178,7 +178,7 @@ def run(
         summary_path = write_summary(results, out, {"model": model_info, "seconds": round(seconds, 3),
                                                     "frames_per_second": round(frames / seconds, 4) if seconds else None, **extra})
     except OSError as exc:  # the disk filled up or went read-only at the very end
-        from avsegcli.runguard import os_reason
+        from avsegcli.run.guard import os_reason
 
         summary_path, summary_error = None, f"error: {out / 'summary.json'}: cannot write the run summary ({os_reason(exc)})"
     else:

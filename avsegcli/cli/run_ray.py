@@ -1,4 +1,4 @@
-"""``avseg run --ray``: the driver's display (videos and frames done, per node) around :func:`avsegcli.ray_runner.run_on_ray`."""
+"""``avseg run --ray``: the driver's display (videos and frames done, per node) around :func:`avsegcli.run.ray.run_on_ray`."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class _RichRayProgress:
 def check_ray_flags(actors: int, gpus_per_actor: float | None, cpus_per_actor: float, retries: int) -> None:
     """Usage errors (exit 2) before any work: Ray not installed (with how to install it), impossible numbers."""
     from avsegcli.errors import AvsegError
-    from avsegcli.ray_runner import import_ray
+    from avsegcli.run.ray import import_ray
 
     import_ray()
     if actors < 0 or retries < 0:
@@ -47,7 +47,7 @@ def check_ray_flags(actors: int, gpus_per_actor: float | None, cpus_per_actor: f
 def run_with_ray(paths: list[Path], out: Path, *, address: str, actors: int, gpus_per_actor: float | None, cpus_per_actor: float,
                  retries: int, predictor_kwargs: dict[str, Any], run_kwargs: dict[str, Any], console: Console, show: bool):
     """Returns ``(results, model_info, summary_extra)`` for ``avseg run``'s shared table, summary and exit code."""
-    from avsegcli.ray_runner import RayOptions, run_on_ray
+    from avsegcli.run.ray import RayOptions, run_on_ray
 
     opts = RayOptions(address=address, actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, retries=retries)
     kwargs = {"predictor_kwargs": predictor_kwargs, "run_kwargs": run_kwargs, "options": opts}

@@ -106,7 +106,7 @@ def train(
 ) -> None:
     """Train AVSegFormer on AVSBench with the released recipe (resumable; several GPUs with torchrun)."""
     set_verbosity(verbose, quiet)
-    from avsegcli.engine import train as run_training
+    from avsegcli.train.engine import train as run_training
     from avsegcli.train import TrainConfig
 
     config = TrainConfig(

@@ -12,7 +12,6 @@ Every clip is padded to 10 frames (zero images, all-background maps). Audio: ``a
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,6 +25,7 @@ from avsegcli.data.avsbench import (
     require_rows,
 )
 from avsegcli.errors import AvsegError
+from avsegcli.media.audio import vggish_examples
 from avsegcli.palette import NUM_AVSS_CLASSES, colours_to_classes, voc_palette
 
 AVSS_SUBSETS = ("v1s", "v1m", "v2")
@@ -63,8 +63,7 @@ def colour_mask_to_ids(img: Image.Image, num_classes: int = NUM_AVSS_CLASSES) ->
 
 
 def _default_log_mel(path: Path) -> Any:
-    media = importlib.import_module("avsegcli.media")
-    return media.vggish_examples(path)
+    return vggish_examples(path)
 
 
 class AVSSDataset(ClipDataset):

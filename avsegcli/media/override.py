@@ -2,7 +2,7 @@
 
 * ``original`` (default): the video's own audio track (no override);
 * ``silence``: every second is digital silence (the ``log(0.01)`` patch);
-* ``noise``: white Gaussian noise, RMS :data:`~avsegcli.negative_audio.NOISE_RMS` of full scale, second ``k``
+* ``noise``: white Gaussian noise, RMS :data:`~avsegcli.media.signals.NOISE_RMS` of full scale, second ``k``
   drawn from ``SeedSequence([seed, k])`` (the same noise for every video and every batch size);
 * a file: the first audio stream of another media file, aligned from its start and looped (or cut) to the
   video's length: second ``k`` of the video hears samples ``[16000 k, 16000 k + 15600)`` of the file, taken modulo
@@ -23,6 +23,7 @@ import torch
 
 from avsegcli.errors import AvsegError
 from avsegcli.media.logmel import CHUNK_SPAN, SAMPLE_RATE, chunk_patch, silence_patch
+from avsegcli.media.signals import NOISE_RMS, noise_wave
 
 AUDIO_KINDS = ("original", "silence", "noise")
 
@@ -44,8 +45,6 @@ class AudioOverride:
 
     def describe(self) -> dict[str, Any]:
         """The ``audio`` entry of ``meta.json``."""
-        from avsegcli.negative_audio import NOISE_RMS
-
         if self.kind == "noise":
             return {"source": "noise", "noise_rms": NOISE_RMS, "seed": self.seed}
         if self.kind == "file":
@@ -88,8 +87,6 @@ class _Noise:
         self.seed = int(seed)
 
     def patch(self, k: int) -> torch.Tensor:
-        from avsegcli.negative_audio import noise_wave
-
         rng = np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFF, int(k)]))
         return chunk_patch(noise_wave(1.0, rng))
 

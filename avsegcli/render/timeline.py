@@ -3,7 +3,7 @@
 Masks are read lazily: a PNG folder keeps only its file list in memory and each mask is decoded when first
 shown (a held mask is decoded once), so rendering an hour of 1080p at 1 mask/s does not hold 3600 masks.
 An rle folder (``masks.json``) keeps only the run-length segments and decodes a mask when it is shown; an npz
-folder is read whole by :func:`avsegcli.maskio.read_masks_dir` (``np.load`` cannot slice a compressed array).
+folder is read whole by :func:`avsegcli.masks.io.read_masks_dir` (``np.load`` cannot slice a compressed array).
 
 Hold rules, for a source frame shown at ``t`` seconds:
 
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from avsegcli.errors import AvsegError
-from avsegcli.maskio import META, load_mask_png, read_masks_dir
+from avsegcli.masks.io import META, load_mask_png, read_masks_dir
 
 HOLD_MODES = ("second", "nearest")
 _EPS = 1e-6
@@ -59,7 +59,7 @@ class MaskTrack:
         if self._masks is not None:
             return self._masks[row]
         if self._segments is not None:
-            from avsegcli.maskrle import decode_segments
+            from avsegcli.masks.rle import decode_segments
 
             return decode_segments(self._segments[row], self.size, self.semantic)
         mask = load_mask_png(self._files[row], self.semantic)
@@ -77,7 +77,7 @@ def _chunks(meta: dict[str, Any], timestamps: np.ndarray) -> np.ndarray:
 
 
 def open_masks(folder: str | Path) -> MaskTrack:
-    """Open a mask folder written by ``avseg run`` (see :mod:`avsegcli.maskio`) without decoding PNG masks."""
+    """Open a mask folder written by ``avseg run`` (see :mod:`avsegcli.masks.io`) without decoding PNG masks."""
     folder = Path(folder)
     meta_path = folder / META
     if not (folder.is_dir() and meta_path.is_file()):
@@ -87,7 +87,7 @@ def open_masks(folder: str | Path) -> MaskTrack:
     except (OSError, json.JSONDecodeError) as exc:
         raise AvsegError(f"unreadable meta.json ({exc})", path=meta_path) from None
     if meta.get("format") == "rle":  # masks.json: keep the segments, decode a mask when it is shown
-        from avsegcli.maskrle import RLE_FILE
+        from avsegcli.masks.rle import RLE_FILE
 
         try:
             doc = json.loads((folder / RLE_FILE).read_text())

@@ -1,4 +1,4 @@
-"""Training helpers behind :func:`avsegcli.engine.train` (``avseg train``).
+"""Training helpers behind :func:`avsegcli.train.engine.train` (``avseg train``).
 
 * :mod:`avsegcli.train.config` -- ``TrainConfig``, the released recipe per task, resume rules, model config;
 * :mod:`avsegcli.train.init_weights` -- ImageNet backbone, VGGish and full-checkpoint initialisation;

@@ -4,7 +4,7 @@ predict nothing (the remedy AVSBench-Robust trains with).
 Which clips, which kind (``silence``, ``noise`` or ``offscreen``, equally likely) and which offscreen donor are a
 function of ``(seed, epoch, position in the epoch)`` alone (:meth:`NegativeSampler.assign`), so a resumed run draws
 exactly what the uninterrupted one did and nothing touches the global random generators. Donors come from the train
-split only (:func:`avsegcli.negative_audio.offscreen_pairs`, seeded per epoch); a clip with no possible donor gets
+split only (:func:`avsegcli.data.negatives.offscreen_pairs`, seeded per epoch); a clip with no possible donor gets
 silence instead. A negative clip keeps its frames and its supervised frames (``mask_valid``/``gt_valid``)
 but its target is all background; the batch counts them (``negative_clips``), and the log records the running total.
 """
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from avsegcli.negative_audio import CONDITIONS, clip_categories, clip_seed, condition_log_mel, loop_examples, offscreen_pairs
+from avsegcli.data.negatives import CONDITIONS, clip_categories, offscreen_pairs
+from avsegcli.media.signals import clip_seed, condition_log_mel, loop_examples
 
 #: a batch entry: a clip index (positive) or ``(index, kind, donor index, epoch)`` (negative)
 Key = int | tuple[int, str, int, int]

@@ -1,4 +1,4 @@
-"""``avseg eval --plots DIR``: pictures of an evaluation result (the dict :func:`avsegcli.evaluate.evaluate` returns).
+"""``avseg eval --plots DIR``: pictures of an evaluation result (the dict :func:`avsegcli.eval.evaluate.evaluate` returns).
 
 Written with matplotlib's Agg canvas (no display, no pyplot state), one PNG each:
 

@@ -1,4 +1,4 @@
-"""Negative audio: sound that should make an audio-visual segmenter predict nothing (AVSBench-Robust's idea).
+"""Negative audio (the conditions and the off-screen donors): sound that should make an audio-visual segmenter predict nothing (AVSBench-Robust's idea).
 
 Three conditions (:data:`CONDITIONS`), each a replacement for a clip's audio whose correct answer is an empty mask:
 
@@ -22,19 +22,18 @@ all absent from this clip's groups, else (no such clip) among those whose soundi
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
+from PIL import Image
 
+from avsegcli.data.avss import colour_mask_to_ids
 from avsegcli.errors import AvsegError
+from avsegcli.media.signals import clip_seed
+from avsegcli.palette import AVSS_CLASS_NAMES
 
 CONDITIONS = ("silence", "noise", "offscreen")
-#: RMS of the white noise condition, as a fraction of full scale (0.1 = -20 dBFS)
-NOISE_RMS = 0.1
-SAMPLE_RATE = 16000
 
 _MUSIC = ("accordion bassoon bell cello clarinet drum erhu flute guitar guzheng handpan harmonica harp marimba piano "
           "pipa saxophone sitar sorna tabla trombone trumpet tuba ukulele violin playing_acoustic_guitar "
@@ -60,53 +59,6 @@ def parse_conditions(value: str | Sequence[str] | None) -> tuple[str, ...]:
     if bad:
         raise AvsegError(f"unknown negative-audio condition(s) {', '.join(bad)}; expected {', '.join(CONDITIONS)}")
     return tuple(dict.fromkeys(items))
-
-
-def clip_seed(seed: int, name: str, *extra: int) -> np.random.SeedSequence:
-    """The seed of one clip's random draws: ``SeedSequence([seed, crc32(name), *extra])``."""
-    return np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode()), *map(int, extra)])
-
-
-def silence_wave(seconds: float) -> np.ndarray:
-    """``[n]`` zeros at 16 kHz."""
-    return np.zeros(int(round(seconds * SAMPLE_RATE)), dtype=np.float64)
-
-
-def noise_wave(seconds: float, rng: np.random.Generator, rms: float = NOISE_RMS) -> np.ndarray:
-    """``[n]`` white Gaussian noise at 16 kHz with standard deviation ``rms``, clipped to [-1, 1]."""
-    n = int(round(seconds * SAMPLE_RATE))
-    return np.clip(rng.standard_normal(n) * rms, -1.0, 1.0)
-
-
-def examples_of(wave: np.ndarray, count: int) -> torch.Tensor:
-    """The benchmark's VGGish framing of ``wave`` (0.96 s examples and hop), exactly ``count`` of them:
-    ``[count,1,96,64]`` float32 (missing ones are the silence patch)."""
-    from avsegcli.media.logmel import silence_patch, waveform_to_examples
-
-    ex = waveform_to_examples(wave)[:count]
-    if ex.shape[0] < count:
-        pad = silence_patch()[None].expand(count - ex.shape[0], -1, -1, -1)
-        ex = torch.cat([ex, pad])
-    return ex.contiguous()
-
-
-def condition_log_mel(condition: str, count: int, name: str, seed: int, *extra: int) -> torch.Tensor:
-    """Log-mel examples ``[count,1,96,64]`` of ``silence`` or ``noise`` for clip ``name`` (one second each)."""
-    if condition == "silence":
-        return examples_of(silence_wave(count), count)
-    if condition == "noise":
-        return examples_of(noise_wave(count, np.random.default_rng(clip_seed(seed, name, *extra))), count)
-    raise ValueError(f"condition {condition!r} has no generated audio (offscreen takes another clip's)")
-
-
-def loop_examples(ex: torch.Tensor, count: int, real: int | None = None) -> torch.Tensor:
-    """The first ``real`` (default all) rows of ``ex`` repeated from the start to ``count`` rows."""
-    real = ex.shape[0] if real is None else max(1, min(int(real), ex.shape[0]))
-    idx = torch.arange(count) % real
-    return ex[:real][idx].contiguous()
-
-
-# ---------------------------------------------------------------------------------------------------- categories
 
 
 def group_of(name: str) -> str | None:
@@ -142,11 +94,6 @@ def clip_categories(ds: Any, indices: Sequence[int] | None = None) -> tuple[dict
         cats = {c.name: frozenset([c.category]) for c in infos}
         return cats, cats, "category folder"
     if ds.task == "avss":
-        from PIL import Image
-
-        from avsegcli.data.avss import colour_mask_to_ids
-        from avsegcli.palette import AVSS_CLASS_NAMES
-
         cats = {}
         for c in infos:
             ids: set[int] = set()

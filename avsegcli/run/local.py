@@ -3,7 +3,7 @@
 Decoding and preprocessing run in worker processes (``workers`` > 0) that stream windows of frames (uint8) and
 their audio patches through one pipe each (a worker that dies fails only its video); the main process packs frames from any videos into batches of
 ``batch_size``, runs the model (VGGish once per distinct audio second) and writes each video's folder with
-:class:`~avsegcli.maskio.VideoMaskWriter`, which publishes it only when complete. One bad video is reported
+:class:`~avsegcli.masks.io.VideoMaskWriter`, which publishes it only when complete. One bad video is reported
 and the others go on.
 """
 
@@ -26,10 +26,10 @@ import torch
 
 from avsegcli import __version__
 from avsegcli.errors import AvsegError
-from avsegcli.feed import available_cores, default_workers, device_guard, stage, to_device
-from avsegcli.maskio import VideoMaskWriter
-from avsegcli.predictor import Predictor
-from avsegcli.runguard import VideoLocks, guarded_worker, resume_decision, source_identity, write_failure
+from avsegcli.inference.feed import available_cores, default_workers, device_guard, stage, to_device
+from avsegcli.masks.io import VideoMaskWriter
+from avsegcli.inference.predictor import Predictor
+from avsegcli.run.guard import VideoLocks, guarded_worker, resume_decision, source_identity, write_failure
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp", ".ogv")
 
@@ -38,8 +38,8 @@ def collect_inputs(inputs: list[str], glob: str | None = None, *, exclude: str |
     """Files as given, folders searched recursively (``glob`` or the common video extensions), ``@list.txt``
     files read one path per line (blank lines and ``#`` comments skipped). Order kept, duplicates dropped.
     Folder scans skip ``exclude`` (the ``--out`` folder) and every avseg output folder; missing files, symlink
-    loops and unreadable entries stay in the list and fail as that input (:func:`avsegcli.runguard.find_inputs`)."""
-    from avsegcli.runguard import find_inputs
+    loops and unreadable entries stay in the list and fail as that input (:func:`avsegcli.run.guard.find_inputs`)."""
+    from avsegcli.run.guard import find_inputs
 
     return find_inputs(inputs, glob, VIDEO_EXTENSIONS, exclude=exclude)
 
@@ -266,7 +266,7 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
     seconds as a whole-video run). ``audio``: what every video hears instead of its own track
     (:func:`avsegcli.media.override.parse_audio`: silence, noise or another file; None = original; in ``meta.json``).
 
-    ``workers``: decode processes (``None``: :func:`avsegcli.feed.default_workers`; 0 decodes in this process).
+    ``workers``: decode processes (``None``: :func:`avsegcli.inference.feed.default_workers`; 0 decodes in this process).
     Frames come from them as the resized uint8 picture and are normalised on the model's device.
     ``pad_to_batch``: run short batches (the last one, or one thinned by a failed video) padded to ``batch_size``
     with repeats of their last frame, so a compiled model sees one shape; the padded outputs are dropped

@@ -27,7 +27,7 @@ from avsegcli.data import (
 from avsegcli.data.avsbench import load_binary_mask
 from avsegcli.data.avss import AVSS_T, FRAME_FLAGS, FRAMES_PER_SUBSET, GT_FLAGS
 from avsegcli.errors import AvsegError
-from avsegcli.maskio import META, MaskSet, read_masks_dir
+from avsegcli.masks.io import META, MaskSet, read_masks_dir
 
 SHOW = 3
 

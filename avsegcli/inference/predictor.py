@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from avsegcli import precision as precision_modes
+from avsegcli.inference import precision as precision_modes
 from avsegcli.errors import AvsegError, CheckpointError
-from avsegcli.feed import device_frames, device_guard, logits_to_masks, normalize_stats, stage, to_device
+from avsegcli.inference.feed import device_frames, device_guard, logits_to_masks, normalize_stats, stage, to_device
 from avsegcli.weights import RELEASED, load_model, sha256sum
 
-REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 DEFAULT_WEIGHTS_NAME = "avseg-synth-s4.safetensors"
-PRECISIONS = precision_modes.DTYPES  # the concrete modes; "auto" resolves to one of them (avsegcli.precision)
+PRECISIONS = precision_modes.DTYPES  # the concrete modes; "auto" resolves to one of them (avsegcli.inference.precision)
 
 
 def default_weights() -> Path:
@@ -92,7 +92,7 @@ class Predictor:
     """Loads the model once; ``predict_video`` / ``predict_frames`` run it with the checkpoint's preprocessing.
 
     ``precision``: ``auto`` (default: bf16 where native and faster, else fp32), ``fp32``, ``tf32``, ``bf16`` or
-    ``fp16`` (:mod:`avsegcli.precision`); ``impl``: ``fast`` (default) or ``reference`` (the released arithmetic,
+    ``fp16`` (:mod:`avsegcli.inference.precision`); ``impl``: ``fast`` (default) or ``reference`` (the released arithmetic,
     op for op); ``compile``: run the model through ``torch.compile`` (first batches pay the compile time).
     """
 
@@ -136,7 +136,7 @@ class Predictor:
 
     def scope(self):
         """The context every forward of this predictor runs in: the precision's float32 switches, restored on the
-        way out (:func:`avsegcli.precision.scope`; cuDNN's autotuner on for CUDA's repeating shapes), and the
+        way out (:func:`avsegcli.inference.precision.scope`; cuDNN's autotuner on for CUDA's repeating shapes), and the
         predictor's GPU as the current device (so nothing touches another GPU)."""
         stack = contextlib.ExitStack()
         stack.enter_context(precision_modes.scope(self.precision, benchmark=self.device.type == "cuda"))
@@ -159,9 +159,9 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, frames: torch.Tensor, chunk_log_mel: torch.Tensor, chunk_rows: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``frames``: normalised float32 ``[B, 3, S, S]``, or the resized uint8 picture ``[B, S, S, 3]`` (normalised on
-        the device, same numbers: :func:`avsegcli.feed.device_frames`); ``chunk_log_mel [C, 1, 96, 64]`` (one patch per
+        the device, same numbers: :func:`avsegcli.inference.feed.device_frames`); ``chunk_log_mel [C, 1, 96, 64]`` (one patch per
         distinct audio second), ``chunk_rows [B]`` (frame -> patch row). VGGish runs once per patch. Host tensors
-        should be pinned on CUDA (:func:`avsegcli.feed.stage`); every copy to the device is asynchronous there.
+        should be pinned on CUDA (:func:`avsegcli.inference.feed.stage`); every copy to the device is asynchronous there.
         A compiled predictor pads a short batch to ``batch_size`` (repeats of its last frame; one shape, no
         recompilation) and drops the padded rows. Returns ``[B, K, S, S]`` float32 logits."""
         n = frames.shape[0]
@@ -179,7 +179,7 @@ class Predictor:
     def to_masks(self, logits: torch.Tensor, size: tuple[int, int], with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits ``[B, K, S, S]`` -> masks ``[B, H, W]`` uint8 at the source size, on the logits' device with one copy to
         the host: binary ``bilinear(logits) > 0`` (= sigmoid > 0.5); semantic the argmax over all classes of the
-        bilinearly upsampled logits (class chunks when large). See :func:`avsegcli.feed.logits_to_masks`."""
+        bilinearly upsampled logits (class chunks when large). See :func:`avsegcli.inference.feed.logits_to_masks`."""
         return logits_to_masks(logits, size, semantic=self.semantic, with_probs=with_probs)
 
     def predict_frames(self, frames: torch.Tensor, log_mel: torch.Tensor, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -7,7 +7,7 @@ Layout of one video's folder ``DIR/<stem>/``::
     masks.npz        instead of PNGs (--format npz): masks [N,H,W] uint8 (0/1 or class ids),
                      frame_indices [N] int64, timestamps [N] float64, and probs with --save-probs
     masks.json       instead (--format rle): COCO compressed RLE per frame and class, YouTube-VIS-like
-                     (see avsegcli.maskrle); --format all writes the PNGs, masks.npz and masks.json
+                     (see avsegcli.masks.rle); --format all writes the PNGs, masks.npz and masks.json
     meta.json        written last: source, size, fps, model, per-frame records (see VideoMaskWriter.finish)
 
 A folder is built under ``DIR/.<stem>.partial`` and renamed to ``DIR/<stem>`` once complete, so a folder with a
@@ -196,7 +196,7 @@ class VideoMaskWriter:
                 p = np.ascontiguousarray(probs, dtype=np.float16)
                 probs_blob = (p.shape, zlib.compress(p, _SPILL_LEVEL))
         if self.fmt in ("rle", "all"):
-            from avsegcli.maskrle import encode_segments
+            from avsegcli.masks.rle import encode_segments
 
             frame = {k: rec[k] for k in ("frame_index", "timestamp", "chunk")} | {"segments": encode_segments(mask, self.semantic)}
             rle_blob = json.dumps(frame, separators=(",", ":")).encode("ascii")  # as write_rle would put it in the list
@@ -240,7 +240,7 @@ class VideoMaskWriter:
     def _write_rle(self, path: Path, meta: dict[str, Any], order: np.ndarray) -> None:
         """``masks.json`` byte for byte as ``write_rle(path, rle_document(meta, frames, semantic))``, the frame records
         streamed from the spill file in ``order``."""
-        from avsegcli.maskrle import rle_document, write_rle
+        from avsegcli.masks.rle import rle_document, write_rle
 
         head = json.dumps(rle_document(meta, [], self.semantic), separators=(",", ":"))
         tail = "[]}"
@@ -263,7 +263,7 @@ class VideoMaskWriter:
         if self.fmt in ("npz", "all"):
             self._write_npz(self.partial / NPZ, order)
         if self.fmt in ("rle", "all"):
-            from avsegcli.maskrle import RLE_FILE
+            from avsegcli.masks.rle import RLE_FILE
 
             self._write_rle(self.partial / RLE_FILE, meta, order)
         self._close_spills(remove=True)
@@ -318,7 +318,7 @@ def read_masks_dir(folder: str | Path) -> MaskSet:
     semantic = bool(meta.get("semantic"))
     frames = meta.get("frames", [])
     if meta.get("format") == "rle":
-        from avsegcli.maskrle import RLE_FILE, read_rle
+        from avsegcli.masks.rle import RLE_FILE, read_rle
 
         masks, idx, ts, _ = read_rle(folder / RLE_FILE, semantic)
         return MaskSet(masks if len(idx) else np.zeros((0, 0, 0), np.uint8), idx, ts, semantic, meta)

@@ -1,6 +1,6 @@
 """``avseg run --ray``: the same run spread over a Ray cluster, one loaded :class:`Predictor` per actor.
 
-Videos are the unit of work. Each actor calls :func:`avsegcli.runner.run_videos` for one video at a time (decoding
+Videos are the unit of work. Each actor calls :func:`avsegcli.run.local.run_videos` for one video at a time (decoding
 inline, ``workers=0``), so the output folder, ``meta.json``, the ``.partial`` build-and-rename and the resume rule
 are the local run's own code. The driver hands out videos, gathers the :class:`VideoResult`\\ s, replaces an actor
 that died (killed, crashed, its node lost) and gives its video to another actor at most ``retries`` times; a video
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from avsegcli.errors import AvsegError
-from avsegcli.runner import VideoResult, output_stems
+from avsegcli.run.local import VideoResult, output_stems
 
 INSTALL_HINT = "--ray needs Ray, an optional extra: pip install 'avseg[ray]' (or pip install -e '.[ray]' in a checkout)"
 START_TIMEOUT_S = 600.0  # no actor ready after this long: the cluster cannot host one
@@ -88,7 +88,7 @@ class _Board:
 
 
 class _BoardProgress:
-    """:class:`avsegcli.runner.RunProgress` for one video, forwarded to the board (fire and forget)."""
+    """:class:`avsegcli.run.local.RunProgress` for one video, forwarded to the board (fire and forget)."""
 
     def __init__(self, board, stem: str, actor: str, node: str) -> None:
         self.board, self.stem, self.actor, self.node = board, stem, actor, node
@@ -118,7 +118,7 @@ class _Segmenter:
         if self.cwd_ok:
             os.chdir(cwd)
         try:
-            from avsegcli.predictor import Predictor
+            from avsegcli.inference.predictor import Predictor
 
             self.predictor = Predictor(**predictor_kwargs)
             self.model = self.predictor.model_info()
@@ -140,7 +140,7 @@ class _Segmenter:
         return info
 
     def segment(self, path: str, stem: str, out_dir: str, run_kwargs: dict[str, Any]) -> dict[str, Any]:
-        from avsegcli.runner import run_videos
+        from avsegcli.run.local import run_videos
 
         progress = _BoardProgress(self.board, stem, self.name, self.ip)
         result = run_videos(self.predictor, [Path(path)], out_dir, workers=0, stems=[stem], progress=progress, **run_kwargs)[0]

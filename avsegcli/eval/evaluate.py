@@ -1,10 +1,10 @@
 """``avseg eval``: score a checkpoint (``predictor``) or saved masks (``pred_dir``) on an AVSBench split.
 
-    from avsegcli.evaluate import evaluate
+    from avsegcli.eval.evaluate import evaluate
     res = evaluate("s4", "/data/AVSBench", "test", predictor=Predictor("AVSegFormer_res50_s4.pth"))
     res["overall"]["official"]["miou"]        # the number the paper reports (as a fraction)
 
-Both protocols of :mod:`avsegcli.metrics` are fed the same batches: ``batch_clips`` clips concatenated to
+Both protocols of :mod:`avsegcli.eval.metrics` are fed the same batches: ``batch_clips`` clips concatenated to
 frames (2 clips = the official 10-frame S4/MS3 test batch; the official per-batch average depends on it, the
 per-frame protocol and the AVSS protocol do not). Scoring with a model and scoring the masks it saved give:
 
@@ -14,7 +14,7 @@ per-frame protocol and the AVSS protocol do not). Scoring with a model and scori
 * AVSS: every number is the same, because every number only sees ``argmax(softmax(logits))``, which is what is
   saved (padded frames of 5-frame clips predict class 0 and may be saved or left out).
 
-The prediction readers live in :mod:`avsegcli.evaluate_pred`.
+The prediction readers live in :mod:`avsegcli.eval.saved`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from avsegcli.data import TASKS, make_dataset, save_binary_prediction, save_semantic_prediction
 from avsegcli.errors import AvsegError
-from avsegcli.feed import available_cores, default_workers, device_guard
-from avsegcli.evaluate_pred import PredictionSource, load_targets
-from avsegcli.metrics import PROTOCOLS, BinaryMetrics, SemanticMetrics
+from avsegcli.inference.feed import available_cores, default_workers, device_guard
+from avsegcli.eval.saved import PredictionSource, load_targets
+from avsegcli.eval.metrics import PROTOCOLS, BinaryMetrics, SemanticMetrics
 from avsegcli.palette import AVSS_CLASS_NAMES, NUM_AVSS_CLASSES
 
 DEFAULT_BATCH_CLIPS = {"s4": 2, "ms3": 2, "avss": 4}
@@ -246,7 +246,7 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
              limit: int | None = None, image_size: int | None = None, workers: int | None = None,
              forward_batch: int | None = None, dataset_kw: dict[str, Any] | None = None, negative_audio: Sequence[str] = (),
              negative_seed: int = 0) -> dict[str, Any]:
-    """Score ``predictor`` (a :class:`~avsegcli.predictor.Predictor`) or the masks in ``pred_dir`` on a split.
+    """Score ``predictor`` (a :class:`~avsegcli.inference.predictor.Predictor`) or the masks in ``pred_dir`` on a split.
 
     ``batch_clips``: clips per metric batch (default 2 for S4/MS3 = the official 10 frames, 4 for AVSS).
     ``forward_batch``: frames per forward pass with a predictor, independent of the metric batch (default: one
@@ -255,10 +255,10 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
     masks their own size when square, else the task's (512 S4/MS3, 224 AVSS). ``save_pred``: with a predictor,
     also write its masks in the benchmark's layout. ``limit``: first N clips only. ``progress(done, total)``
     is called after each batch. ``workers``: data-loading processes (default: none on machines with 2 cores or
-    fewer, else :func:`avsegcli.feed.default_workers`, at most 8; pinned memory when the model is on CUDA).
+    fewer, else :func:`avsegcli.inference.feed.default_workers`, at most 8; pinned memory when the model is on CUDA).
     ``dataset_kw`` goes to the dataset (e.g.
     ``log_mel_fn`` for AVSS). ``negative_audio`` (conditions of :mod:`avsegcli.negative_audio`) also scores the
-    clips with replaced audio against empty ground truth (:mod:`avsegcli.evaluate_negative`; seeded by
+    clips with replaced audio against empty ground truth (:mod:`avsegcli.eval.negative`; seeded by
     ``negative_seed``), adding ``negative_audio``, ``g_miou``, ``g_fscore`` and ``negative_audio_info``.
 
     Returns a JSON-ready dict: ``task``, ``split``, ``root``, ``mode`` ('weights'/'pred'), ``model`` (or None),
@@ -303,7 +303,7 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
     save_dir = None if save_pred is None else Path(save_pred)
     negative = None
     if negative_audio:
-        from avsegcli.evaluate_negative import NegativeAudioScorer
+        from avsegcli.eval.negative import NegativeAudioScorer
 
         negative = NegativeAudioScorer(task, ds, indices, negative_audio, negative_seed, pred_dir=pred_dir,
                                        save_dir=save_dir)

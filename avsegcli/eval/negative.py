@@ -1,6 +1,6 @@
 """``avseg eval --negative-audio``: the same clips with their audio replaced, scored against empty ground truth.
 
-    from avsegcli.evaluate import evaluate
+    from avsegcli.eval.evaluate import evaluate
     res = evaluate("s4", root, "test", predictor=p, negative_audio=("silence", "noise", "offscreen"), negative_seed=0)
     res["negative_audio"]["silence"]["fpr"], res["g_miou"]
 
@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import torch
 
 from avsegcli.errors import AvsegError
-from avsegcli.negative_audio import (NOISE_RMS, clip_categories, condition_log_mel, loop_examples, offscreen_pairs,
-                                     parse_conditions)
+from avsegcli.data.negatives import clip_categories, offscreen_pairs, parse_conditions
+from avsegcli.media.signals import NOISE_RMS, condition_log_mel, loop_examples
 
 
 class _Rate:
@@ -48,7 +48,7 @@ class _Rate:
 
 
 class NegativeAudioScorer:
-    """Scores the conditions batch by batch next to the positive scorer of :func:`avsegcli.evaluate.evaluate`."""
+    """Scores the conditions batch by batch next to the positive scorer of :func:`avsegcli.eval.evaluate.evaluate`."""
 
     def __init__(self, task: str, ds: Any, indices: Sequence[int], conditions: Sequence[str], seed: int = 0, *,
                  pred_dir: str | Path | None = None, save_dir: str | Path | None = None) -> None:
@@ -76,7 +76,7 @@ class NegativeAudioScorer:
                                      f"{len(lost)} clip(s) ({', '.join(lost[:3])}); they are left out of that condition")
         self.sources: dict[str, Any] = {}
         if pred_dir is not None:
-            from avsegcli.evaluate_pred import PredictionSource
+            from avsegcli.eval.saved import PredictionSource
 
             infos = [ds.clip_info(i) for i in indices]
             for c in self.conditions:
@@ -134,7 +134,7 @@ class NegativeAudioScorer:
             if not use:
                 continue
             if predictor is not None:
-                from avsegcli.evaluate import _save, predict_batch
+                from avsegcli.eval.evaluate import _save, predict_batch
 
                 swapped = [{**it, "log_mel": self.log_mel(c, it)} for it in use]
                 neg = predict_batch(predictor, swapped, self.semantic)

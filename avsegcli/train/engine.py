@@ -1,7 +1,7 @@
 """The training engine behind ``avseg train``: the released AVSegFormer recipe, resumable bit for bit, on one or
 several processes (``torchrun``).
 
-    from avsegcli.engine import train
+    from avsegcli.train.engine import train
     from avsegcli.train import TrainConfig
     result = train(TrainConfig(task="s4", data="/data/AVSBench", out="runs/s4", preset="s4-r50",
                                backbone_weights="resnet50-19c8e357.pth", vggish_weights="vggish-10086976.pth"))
@@ -26,12 +26,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from avsegcli import precision as precision_modes
+from avsegcli.inference import precision as precision_modes
 from avsegcli.build import build_model
 from avsegcli.errors import AvsegError
-from avsegcli.feed import device_guard
+from avsegcli.inference.feed import device_guard
 from avsegcli.losses import SegmentationLoss
-from avsegcli.metrics import BinaryMetrics, SemanticMetrics
+from avsegcli.eval.metrics import BinaryMetrics, SemanticMetrics
 from avsegcli.modeling import AVSegFormer
 from avsegcli.train import dist
 from avsegcli.train.config import TrainConfig, load_saved_config, merge_for_resume, model_config, resolve

@@ -1,0 +1,9 @@
+"""``avseg eval``: AVSBench metrics of a model or of saved masks.
+
+* :mod:`avsegcli.eval.evaluate` -- ``evaluate``: the split, the loader, the scores;
+* :mod:`avsegcli.eval.forward` -- batch prediction through a ``Predictor`` and saving its masks;
+* :mod:`avsegcli.eval.negative` -- ``--negative-audio``: false-positive rates under silence, noise, off-screen sound;
+* :mod:`avsegcli.eval.saved` -- saved masks as a prediction source;
+* :mod:`avsegcli.eval.metrics` -- the official and per-video metrics;
+* :mod:`avsegcli.eval.plots` -- ``--plots``.
+"""
