@@ -179,11 +179,30 @@ def check_out_dir(out: str | Path) -> Path:
 
 # ---- resume identity -----------------------------------------------------------------------------------------
 
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def not_a_file(path: str | Path) -> str | None:
+    """What ``path`` is when it exists but is not a regular file (``"a FIFO (named pipe)"``...), else None. Such an
+    input is never opened: reading a FIFO would block the whole run."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None  # missing or unreadable: the decoder reports it as that input's failure
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _NOT_REGULAR if test(mode)), "not a regular file")
+
+
 def source_identity(path: str | Path) -> dict | None:
-    """``{"path", "size", "mtime_ns", "sha256_head_tail"}`` of a source file (None if it cannot be read)."""
+    """``{"path", "size", "mtime_ns", "sha256_head_tail"}`` of a source file (None if it cannot be read, or is not
+    a regular file: only regular files are opened)."""
     try:
         real = _real(path)
         st = os.stat(real)
+        if not stat.S_ISREG(st.st_mode):
+            return None
         h = hashlib.sha256(str(st.st_size).encode())
         with open(real, "rb") as f:
             h.update(f.read(IDENTITY_BYTES))

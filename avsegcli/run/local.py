@@ -29,7 +29,7 @@ from avsegcli.errors import AvsegError
 from avsegcli.inference.feed import available_cores, default_workers, device_guard, stage, to_device
 from avsegcli.masks.io import VideoMaskWriter
 from avsegcli.inference.predictor import Predictor
-from avsegcli.run.guard import VideoLocks, guarded_worker, resume_decision, source_identity, write_failure
+from avsegcli.run.guard import VideoLocks, guarded_worker, not_a_file, resume_decision, source_identity, write_failure
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts", ".3gp", ".ogv")
 
@@ -282,6 +282,10 @@ def run_videos(predictor: Predictor, paths: list[Path], out_dir: str | Path, *, 
     locks = VideoLocks(out_dir)  # a second run into the same --out skips what this one holds (and vice versa)
     identities: dict[int, dict | None] = {}
     for vid, (v, p) in enumerate(zip(videos, paths)):
+        what = not_a_file(p)
+        if what is not None:  # a FIFO, socket or device given by name: never opened (a FIFO would block the run)
+            v.result.status, v.result.reason = "failed", f"is {what}, not a video file"
+            continue
         if locks.acquire(v.result.stem) is False:
             v.result.status = "skipped"
             v.result.reason = f"in progress in another avseg run into the same --out{locks.holder(v.result.stem)}"
