@@ -240,7 +240,9 @@ def resume_decision(folder: str | Path, path: str | Path, identity: dict | None)
 # ---- locks ---------------------------------------------------------------------------------------------------
 
 class VideoLocks:
-    """Per-video exclusive locks in ``OUT/.avseg-locks`` (``fcntl.flock``; released on close or process death)."""
+    """Per-video exclusive locks in ``OUT/.avseg-locks`` (``fcntl.flock``; released on close or process death). The
+    folder and its files exist only while a run holds a lock; after a SIGKILL a stale file may stay, and the next
+    run into that ``--out`` takes it (no process holds it) and removes it."""
 
     def __init__(self, out_dir: str | Path) -> None:
         self.dir = Path(out_dir) / LOCK_DIR
@@ -260,30 +262,47 @@ class VideoLocks:
             pass
 
     def acquire(self, stem: str) -> bool | None:
-        """True: now ours; False: another process holds it; None: locking is not possible here (go on unlocked)."""
+        """True: now ours; False: another process holds it; None: locking is not possible here (go on unlocked).
+
+        A lock file lives only while a run holds it: the holder removes it on release (:meth:`release`), so a
+        finished, failed or interrupted (SIGINT) run leaves no ``.avseg-locks`` behind. Because a file can be
+        removed between another process's open and its ``flock``, the lock counts only if the path still names
+        the locked file afterwards; otherwise it is tried again on the new file."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not Linux/macOS
             return None
-        try:
-            self.dir.mkdir(exist_ok=True)
-            fd = os.open(self.dir / f"{stem}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return False
-            return None
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass
-        self._held[stem] = fd
-        return True
+        path = self.dir / f"{stem}.lock"
+        for _ in range(20):
+            try:
+                self.dir.mkdir(exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                continue  # the folder was removed by a run releasing its last lock: make it again
+            except OSError:
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    return False
+                return None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except OSError:
+                same = False
+            if not same:  # we locked a file its holder has just removed: try the one at the path now
+                os.close(fd)
+                continue
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
+            self._held[stem] = fd
+            return True
+        return None
 
     def holder(self, stem: str) -> str:
         try:
@@ -293,12 +312,23 @@ class VideoLocks:
         return f" (pid {pid})" if pid.isdigit() else ""
 
     def release(self, stem: str) -> None:
+        """Remove the lock file (still holding it, so no other run can hold that file), drop the lock, and remove
+        the lock folder once it is empty."""
         fd = self._held.pop(stem, None)
-        if fd is not None:
-            try:
-                os.close(fd)  # closing the only descriptor drops the flock
-            except OSError:
-                pass
+        if fd is None:
+            return
+        try:
+            os.unlink(self.dir / f"{stem}.lock")
+        except OSError:
+            pass
+        try:
+            os.close(fd)  # closing the only descriptor drops the flock
+        except OSError:
+            pass
+        try:
+            self.dir.rmdir()  # only when empty: another run's locks keep it
+        except OSError:
+            pass
 
     def release_all(self) -> None:
         for stem in list(self._held):
