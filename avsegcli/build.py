@@ -10,6 +10,7 @@ from avsegcli.modeling.mixer import CrossModalMixer
 from avsegcli.modeling.position import SinePositionalEncoding
 from avsegcli.modeling.query_generator import AudioQueryGenerator, QueryGeneratorLayer
 from avsegcli.modeling.transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, Transformer
+from avsegcli.tasks import AVSS, MS3, S4, Task
 
 Config = dict[str, Any]
 
@@ -33,43 +34,42 @@ def _released_head(num_classes: int) -> Config:
             "num_points": 4, "dropout": 0.1}
 
 
-def _released(name: str, task: str, backbone: Config) -> Config:
-    avss = task == "avss"
+def _released(name: str, task: Task, backbone: Config) -> Config:
     return {
         "name": name,
-        "task": task,
-        "frames_per_clip": 10 if avss else 5,
+        "task": task.name,
+        "frames_per_clip": task.frames_per_clip,
         # The released S4/MS3 models saw frames resized source -> 224 (benchmark PNGs) -> 512; AVSS ones 224.
-        "image_size": 224 if avss else 512,
-        "frame_resize_via": None if avss else 224,
+        "image_size": task.image_size,
+        "frame_resize_via": None if task.semantic else 224,
         "backbone": backbone,
         "vggish": _vggish(),
-        "head": _released_head(71 if avss else 1),
+        "head": _released_head(task.num_classes),
     }
 
 
 def s4_r50() -> Config:
-    return _released("s4-r50", "s4", _resnet50())
+    return _released("s4-r50", S4, _resnet50())
 
 
 def s4_pvt2() -> Config:
-    return _released("s4-pvt2", "s4", _pvt_v2_b5())
+    return _released("s4-pvt2", S4, _pvt_v2_b5())
 
 
 def ms3_r50() -> Config:
-    return _released("ms3-r50", "ms3", _resnet50())
+    return _released("ms3-r50", MS3, _resnet50())
 
 
 def ms3_pvt2() -> Config:
-    return _released("ms3-pvt2", "ms3", _pvt_v2_b5())
+    return _released("ms3-pvt2", MS3, _pvt_v2_b5())
 
 
 def avss_r50() -> Config:
-    return _released("avss-r50", "avss", _resnet50())
+    return _released("avss-r50", AVSS, _resnet50())
 
 
 def avss_pvt2() -> Config:
-    return _released("avss-pvt2", "avss", _pvt_v2_b5())
+    return _released("avss-pvt2", AVSS, _pvt_v2_b5())
 
 
 def tiny() -> Config:

@@ -39,9 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from avsegcli.tasks import Task, task_of
+
 AUX_CHOICES = ("both", "mix", "intermediate", "none")
+#: task name -> the criteria that fit it (the first is the released one); keyed by name (``--loss`` is checked
+#: against ``LOSS_TYPES[str(task)]``)
 LOSS_TYPES = {"s4": ("dice", "bce"), "ms3": ("dice", "bce"), "avss": ("ce",)}
-DEFAULT_LOSS = {"s4": "dice", "ms3": "dice", "avss": "ce"}
+DEFAULT_LOSS = {name: types[0] for name, types in LOSS_TYPES.items()}
 MAIN_WEIGHT = 1.0
 MIX_WEIGHT = 0.1
 INTER_WEIGHT = 1.0
@@ -72,13 +76,15 @@ def ce_per_frame(logits: Tensor, target: Tensor) -> Tensor:
 PER_FRAME = {"dice": dice_per_frame, "bce": bce_per_frame, "ce": ce_per_frame}
 
 
-def check_loss_type(task: str, loss_type: str | None) -> str:
-    """The criterion name for ``task`` (``None`` -> the released one); ValueError for a mismatch."""
-    if task not in LOSS_TYPES:
+def check_loss_type(task: str | Task, loss_type: str | None) -> str:
+    """The criterion name for ``task`` (a :class:`~avsegcli.tasks.Task` or its name; ``None`` -> the released
+    one); ValueError for a mismatch."""
+    name = str(task)
+    if name not in LOSS_TYPES:
         raise ValueError(f"task must be one of {', '.join(LOSS_TYPES)}, got {task!r}")
-    loss_type = loss_type or DEFAULT_LOSS[task]
-    if loss_type not in LOSS_TYPES[task]:
-        raise ValueError(f"loss {loss_type!r} does not fit task {task}; choose {' or '.join(LOSS_TYPES[task])}")
+    loss_type = loss_type or DEFAULT_LOSS[name]
+    if loss_type not in LOSS_TYPES[name]:
+        raise ValueError(f"loss {loss_type!r} does not fit task {name}; choose {' or '.join(LOSS_TYPES[name])}")
     return loss_type
 
 
@@ -96,7 +102,7 @@ def loss_weights(aux: str = "both", num_layers: int = 6, *, main_weight: float =
 
 
 class SegmentationLoss:
-    """The training criterion of one task.
+    """The training criterion of one task (a :class:`~avsegcli.tasks.Task`, or its name).
 
     ``criterion(outputs, masks, supervised, denom=None)`` -> ``{term: value, ..., "total": weighted sum}``;
     ``outputs`` is the model's dict (``pred_masks`` ``[N,K,H,W]``, ``mask_feature`` ``[N,C,h,w]``, and
@@ -104,15 +110,15 @@ class SegmentationLoss:
     ids for AVSS); ``supervised`` ``[N]`` bool.
     """
 
-    def __init__(self, task: str, loss_type: str | None = None, aux: str = "both", num_layers: int = 6, *,
+    def __init__(self, task: str | Task, loss_type: str | None = None, aux: str = "both", num_layers: int = 6, *,
                  mix_weight: float = MIX_WEIGHT, inter_weight: float = INTER_WEIGHT) -> None:
-        self.task = task
         self.loss_type = check_loss_type(task, loss_type)
+        self.task = task_of(task)
         self.aux = aux
         self.weights = loss_weights(aux, num_layers, mix_weight=mix_weight, inter_weight=inter_weight)
         self.main = PER_FRAME[self.loss_type]
         # AVSS: the released mix loss is a dice against "any object"; S4/MS3 reuse the main criterion
-        self.mix = dice_per_frame if task == "avss" else self.main
+        self.mix = dice_per_frame if self.task.semantic else self.main
 
     @property
     def needs_intermediate(self) -> bool:
@@ -134,7 +140,7 @@ class SegmentationLoss:
         terms: dict[str, Tensor] = {"loss_main": reduce(self.main, outputs["pred_masks"], target)}
         if "loss_mix" in self.weights:
             mix = self.mix_logits(outputs["mask_feature"], masks.shape[-2:])
-            terms["loss_mix"] = reduce(self.mix, mix, (target > 0).float() if self.task == "avss" else target)
+            terms["loss_mix"] = reduce(self.mix, mix, (target > 0).float() if self.task.semantic else target)
         if self.needs_intermediate:
             inter: Sequence[Tensor] = outputs.get("intermediate_masks") or ()
             names = [k for k in self.weights if k.startswith("loss_inter_")]

@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import safe_open
+import safetensors.torch as safetensors_torch  # called through the module: tests tear its save_file mid-write
 from torch import Tensor
 
 from avsegcli.build import Config, build_model, preset
 from avsegcli.errors import CheckpointError
 from avsegcli.modeling import AVSegFormer
+from avsegcli.tasks import AVSS, MS3, S4
 
 FORMAT_KEY = "avseg_format"
 FORMAT_VERSION = "1"
@@ -135,10 +138,10 @@ def detect_official_preset(state: dict[str, Tensor], filename: str = "") -> str:
     if "head.fc.4.weight" not in state:
         raise CheckpointError("has no mask head (head.fc.4.weight missing)", path=filename or None)
     num_classes = state["head.fc.4.weight"].shape[0]
-    if num_classes == 71:
-        task = "avss"
-    elif num_classes == 1:
-        task = "ms3" if "ms3" in Path(filename).name.lower() else "s4"
+    if num_classes == AVSS.num_classes:
+        task = AVSS
+    elif num_classes == S4.num_classes:
+        task = MS3 if "ms3" in Path(filename).name.lower() else S4
     else:
         raise CheckpointError(f"has {num_classes} classes; released models have 1 (S4/MS3) or 71 (AVSS)", path=filename or None)
     return f"{task}-{backbone}"
@@ -190,8 +193,6 @@ def _convert_official(state: dict[str, Tensor], path: Path) -> tuple[Config, dic
 
 
 def _read_safetensors(path: Path) -> tuple[Config, dict[str, Tensor]]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -245,8 +246,6 @@ def save_checkpoint(model: AVSegFormer, path: str | Path, extra_metadata: dict[s
                     dtype: torch.dtype | None = None) -> Path:
     """Write our format (safetensors + config) atomically: a temporary name, then a rename. ``dtype`` (e.g.
     ``torch.float16``) stores the floating-point tensors in that type; loading casts them back to float32."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -254,7 +253,7 @@ def save_checkpoint(model: AVSegFormer, path: str | Path, extra_metadata: dict[s
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     meta = {FORMAT_KEY: FORMAT_VERSION, CONFIG_KEY: json.dumps(model.config, sort_keys=True), **(extra_metadata or {})}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
+    safetensors_torch.save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
 

@@ -40,7 +40,8 @@ from avsegcli import media  # noqa: E402
 from avsegcli.build import build_model, preset  # noqa: E402
 from avsegcli.inference.feed import default_workers, stage  # noqa: E402
 from avsegcli.inference.predictor import Predictor  # noqa: E402
-from avsegcli.run.local import _messages, run_videos  # noqa: E402
+from avsegcli.run.decode import decode_messages as _messages  # noqa: E402
+from avsegcli.run.local import run_videos  # noqa: E402
 from avsegcli.weights import save_checkpoint  # noqa: E402
 
 

@@ -57,7 +57,7 @@ stamp "== pytest -m cuda tests/test_cuda.py (at most ${PYTEST_TIMEOUT} s)"
 T=$SECONDS
 pytest_rc=0
 timeout --signal=INT --kill-after=30 "$PYTEST_TIMEOUT" \
-    "$PYTHON" -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider 2>&1 | tee "$OUT_DIR/pytest.txt" \
+    "$PYTHON" -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider -n 0 2>&1 | tee "$OUT_DIR/pytest.txt" \
     || pytest_rc=$?
 pytest_seconds=$((SECONDS - T))
 if [[ $pytest_rc -eq 124 ]]; then

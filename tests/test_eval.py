@@ -302,6 +302,83 @@ def test_dataset_errors(env: SimpleNamespace, tmp_path: Path, monkeypatch: pytes
     assert "no --weights given" in user_error("--task", "s4", "--data", env.data)
 
 
+# ------------------------------------------------------------------------------------------ the options record
+
+#: EvalOptions field -> its flag
+FLAGS = {"task": "--task", "data": "--data", "weights": "--weights", "pred": "--pred", "protocol": "--protocol",
+         "save_pred": "--save-pred", "negative_audio": "--negative-audio", "batch_size": "--batch-size",
+         "limit": "--limit", "forward_batch": "--forward-batch"}
+
+
+def test_options_checked_in_one_place_before_any_work(env: SimpleNamespace, tmp_path: Path) -> None:
+    """Every usage error of the flags comes from EvalOptions.validate, word for word what `avseg eval` says, before
+    a model or a dataset is looked at (neither exists here); evaluate() says the same for the same mistake."""
+    from avsegcli.eval.evaluate import evaluate, evaluate_options
+    from avsegcli.eval.options import EvalOptions
+
+    nowhere = tmp_path / "nowhere"
+    cases = [
+        ({"task": "s5"}, "unknown task 's5'; expected one of s4, ms3, avss"),
+        ({"protocol": "bad"}, "--protocol must be official, per-frame or both, not 'bad'"),
+        ({"pred": nowhere}, "give --weights or --pred, not both"),
+        ({"weights": None, "pred": nowhere, "save_pred": nowhere},
+         "--save-pred needs --weights (the masks come from the model)"),
+        ({"negative_audio": ","}, "--negative-audio needs at least one of silence, noise, offscreen"),
+        ({"negative_audio": "silence,bogus"},
+         "unknown negative-audio condition(s) bogus; expected silence, noise, offscreen"),
+        ({"batch_size": 0}, "batch size must be at least 1 clip, got 0"),
+        ({"limit": 0}, "--limit must be at least 1, got 0"),
+        ({"forward_batch": 0}, "forward batch must be at least 1 frame, got 0"),
+    ]
+    for kw, msg in cases:
+        fields = {"task": "s4", "data": nowhere, "weights": nowhere, **kw}
+        with pytest.raises(AvsegError) as got:
+            EvalOptions(**fields).validate()
+        assert str(got.value) == msg
+        with pytest.raises(AvsegError) as got:
+            evaluate_options(EvalOptions(**fields))
+        assert str(got.value) == msg
+        flags = [x for k, v in fields.items() if v is not None for x in (FLAGS[k], v)]
+        assert user_error(*flags) == msg
+    _, pred = weights_run(env, "s4")
+    for kw, msg in [({"batch_clips": 0}, "batch size must be at least 1 clip, got 0"),
+                    ({"limit": 0}, "--limit must be at least 1, got 0"),
+                    ({"forward_batch": 0}, "forward batch must be at least 1 frame, got 0")]:
+        with pytest.raises(AvsegError) as got:
+            evaluate("s4", env.data, "test", pred_dir=pred, **kw)
+        assert str(got.value) == msg
+
+
+def test_options_record(env: SimpleNamespace, tmp_path: Path) -> None:
+    """validate() makes the task a Task and parses --protocol and --negative-audio once; evaluate_options() scores
+    what the command line scores, telling ``note`` what it loaded and ``display``'s callback how far it got."""
+    from contextlib import contextmanager
+
+    from avsegcli.eval.evaluate import evaluate_options
+    from avsegcli.eval.options import EvalOptions
+    from avsegcli.tasks import task_of
+
+    _, pred = weights_run(env, "s4")
+    opts = EvalOptions(task="avss", pred=pred, protocol="official", negative_audio="noise, silence,noise")
+    assert opts.validate() is opts and opts.validate() is opts
+    assert opts.task is task_of("avss") and opts.protocols == ("official",) and opts.conditions == ("noise", "silence")
+    assert EvalOptions(task="s4").validate().conditions == () and not EvalOptions(task="s4").to_stdout
+    notes: list[str] = []
+    seen: list[tuple[int, int]] = []
+
+    @contextmanager
+    def display():
+        yield lambda done, total: seen.append((done, total))
+
+    res = evaluate_options(EvalOptions(task="s4", data=env.data, pred=pred, batch_size=1), display=display,
+                           note=notes.append)
+    assert res["task"] == "s4" and res["batch_clips"] == 1
+    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert notes == [f"data {env.data} split test; saved masks {pred}"]
+    cli = ok_json(tmp_path, "--task", "s4", "--data", env.data, "--pred", pred, "--batch-size", 1)
+    assert res["overall"] == cli["overall"] and res["per_clip"] == cli["per_clip"]
+
+
 # ---------------------------------------------------------------------------------- as a user runs it (subprocess)
 
 registered = pytest.mark.skipif('"eval"' not in Path(avsegcli.cli.__file__).read_text(),

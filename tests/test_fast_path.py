@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 
 import avsegcli
-from avsegcli.modeling.attention import multihead_attention
-from avsegcli.modeling.deform_attn import ms_deform_attn, ms_deform_attn_accumulate
+from avsegcli.modeling import AVSegFormer, AVSegHead
+from avsegcli.modeling.attention import Attention, multihead_attention
+from avsegcli.modeling.deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_accumulate
+from avsegcli.modeling.impl import fast_variants, use_impl
 from avsegcli.modeling.upconv import _phase_taps, upsample_conv3x3
 from avsegcli.weights import load_model, save_checkpoint
 
@@ -75,6 +77,49 @@ def test_multihead_attention_equals_module(bias):
         cross_ref = mha(q, kv, kv, need_weights=False)[0]
         assert (multihead_attention(mha, q, q, q) - self_ref).abs().max() < 1e-6
         assert (multihead_attention(mha, q, kv, kv) - cross_ref).abs().max() < 1e-6
+
+
+def test_set_impl_is_the_one_switch():
+    """set_impl binds each module's ``*_fast`` methods in place of the reference ones and unbinds them again; no
+    module below the model carries the choice, and a copy of a fast model runs fast on its own modules."""
+    model = avsegcli.build_model("tiny")
+    expected = {AVSegFormer: {"forward"}, Attention: {"forward"}, MSDeformAttn: {"forward"},
+                AVSegHead: {"predict", "intermediate_mask"}}
+    assert {type(m) for m in model.modules()} >= set(expected)
+    for m in model.modules():
+        assert {name for name, _ in fast_variants(type(m))} == expected.get(type(m), set()), type(m)
+        assert m is model or "impl" not in vars(m) and "impl" not in vars(type(m))
+    model.set_impl("fast")
+    for twin in (model, copy.deepcopy(model)):
+        for m in twin.modules():
+            for name, fast in fast_variants(type(m)):
+                bound = vars(m)[name]
+                assert bound.__func__ is getattr(type(m), fast) and bound.__self__ is m
+    model.set_impl("reference")
+    assert not any(name in vars(m) for m in model.modules() for name, _ in fast_variants(type(m)))
+    with pytest.raises(ValueError):
+        model.set_impl("turbo")
+
+
+def test_fast_attention_falls_back_to_the_reference():
+    """Attention.forward_fast: the reference whenever maps are asked for or dropout may act (training)."""
+    torch.manual_seed(0)
+    ref = Attention(32, 4, dropout=0.5, batch_first=True)
+    fast = copy.deepcopy(ref)
+    use_impl(fast, "fast")
+    q, kv = torch.randn(3, 7, 32), torch.randn(3, 5, 32)
+    for training in (True, False):
+        ref.train(training), fast.train(training)
+        for need_weights in (True, False):
+            torch.manual_seed(1)
+            want = ref(q, kv, kv, need_weights=need_weights)
+            torch.manual_seed(1)
+            got = fast(q, kv, kv, need_weights=need_weights)
+            if training or need_weights:
+                assert all(torch.equal(a, b) for a, b in zip(got, want) if a is not None) and (got[1] is None) == (want[1] is None)
+            else:
+                assert got[1] is None and torch.equal(got[0], multihead_attention(ref, q, kv, kv))
+                assert (got[0] - want[0]).abs().max() < 1e-6
 
 
 def test_fast_equals_reference_tiny_all_outputs():
@@ -190,3 +235,17 @@ def test_compiled_tiny_equals_eager():
         eager = model(x, audio_embedding=emb)["pred_masks"]
         compiled = torch.compile(model, dynamic=False)(x, audio_embedding=emb)["pred_masks"]
     assert (compiled - eager).abs().max() < 1e-5  # measured 9.8e-7
+
+
+def test_compile_traces_the_bound_fast_methods():
+    """torch.compile follows the methods set_impl binds (graph capture only, backend "eager": ~15 s here): the
+    compiled fast model gives the eager fast model's logits bit for bit, which differ from the reference's."""
+    torch.manual_seed(0)
+    ref, fast = _pair("tiny")
+    x, a = torch.randn(2, 3, 64, 64), torch.randn(2, 1, 96, 64)
+    with torch.inference_mode():
+        emb = fast.embed_audio(a)
+        eager = fast(x, audio_embedding=emb)["pred_masks"]
+        compiled = torch.compile(fast, dynamic=False, backend="eager")(x, audio_embedding=emb)["pred_masks"]
+        assert not torch.equal(eager, ref(x, audio_embedding=emb)["pred_masks"])
+    assert torch.equal(compiled, eager)

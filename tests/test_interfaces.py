@@ -154,6 +154,54 @@ def test_stream_yields_the_masks_of_predict_video(env):
     assert first.frame_index == 23
 
 
+def test_one_result_type_in_memory_and_on_disk(env):
+    """predict_video and read_masks_dir (png, npz, rle) give one type, VideoMasks; its items are the FrameMask records
+    that stream yields; the old names are that type."""
+    from avsegcli.inference.predictor import FrameResult, VideoPrediction
+    from avsegcli.masks.io import MaskSet
+    from avsegcli.masks.results import FrameMask, VideoMasks
+
+    assert FrameResult is FrameMask and VideoPrediction is VideoMasks and MaskSet is VideoMasks
+    pred = Predictor(env.ckpt["binary"], device="cpu", batch_size=3)
+    whole, frames = pred.predict_video(env.video), list(pred.stream(env.video))
+    assert type(whole) is VideoMasks and all(type(f) is FrameMask for f in frames) and len(whole) == len(frames) == 4
+    assert whole.meta == {} and whole.has_audio is True and whole.semantic is False and whole.probs is None
+    for item, f in zip(whole, frames):
+        assert (item.frame_index, item.timestamp, item.chunk, item.has_audio) == (f.frame_index, f.timestamp, f.chunk, f.has_audio)
+        assert np.array_equal(item.mask, f.mask) and item.probs is None and f.probs is None
+    folder = env.runs["binary"]
+    meta = json.loads((folder / "meta.json").read_text())
+    for fmt, keep in (("all", None), ("npz", "masks.npz"), ("rle", "masks.json")):
+        where = folder
+        if keep:  # a folder of that format alone: the one mask file and its meta.json
+            where = env.base / f"only_{fmt}"
+            where.mkdir(exist_ok=True)
+            (where / keep).write_bytes((folder / keep).read_bytes())
+            (where / "meta.json").write_text(json.dumps({**meta, "format": fmt}))
+        saved = read_masks_dir(where)
+        assert type(saved) is VideoMasks and saved.meta["format"] == fmt and saved.has_audio is True, fmt
+        assert np.array_equal(saved.frame_indices, whole.frame_indices) and np.allclose(saved.timestamps, whole.timestamps)
+        assert np.array_equal(saved.chunk_indices, whole.chunk_indices) and np.array_equal(saved.masks, whole.masks)
+        assert [f.chunk for f in saved] == [0, 1, 2, 3] and all(type(f) is FrameMask for f in saved)
+
+
+def test_datasets_carry_their_task(tmp_path):
+    """Each reader's ``task`` is its Task record; items and files keep the name string; a name or a Task selects it."""
+    from avsegcli.data import make_dataset, write_fake_avsbench
+    from avsegcli.tasks import AVSS, S4, task_of
+
+    for task in (S4, "ms3", AVSS):
+        root = write_fake_avsbench(tmp_path / str(task), task, videos_per_split=1, image_hw=(16, 16))
+        ds = make_dataset(task, root, "test", load_audio=False, image_size=32)
+        assert ds.task is task_of(task) and str(ds.task) == str(task) and ds.clip_info(0).task is ds.task
+        item = ds[0]
+        assert item["task"] == str(task) and item["frames"].shape[0] == ds.frames_per_clip == ds.task.frames_per_clip
+    with pytest.raises(ValueError, match="task must be one of"):
+        make_dataset("s5", tmp_path, "test")
+    with pytest.raises(ValueError, match="task must be 's4', 'ms3' or 'avss'"):
+        write_fake_avsbench(tmp_path / "x", "s5")
+
+
 def test_stream_memory_does_not_grow_with_length():
     """benchmarks/bench_stream_memory.py in one fresh process: a 1-minute then a 10-minute generated video (32x32,
     1 fps, tone) streamed at 1 fps with a tiny model. Measured on the 2-core dev machine: peak RSS 739.7 MB after

@@ -235,3 +235,27 @@ def test_protocol_checked() -> None:
         BinaryMetrics("nope")
     with pytest.raises(ValueError):
         SemanticMetrics(71).update(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+
+
+def test_segmentation_loss_takes_a_task_or_its_name():
+    """losses.SegmentationLoss: a Task (avsegcli.tasks) or its name, the same terms; the AVSS mix term is the dice
+    against any object."""
+    from avsegcli.losses import SegmentationLoss, check_loss_type
+    from avsegcli.tasks import task_of
+
+    g = torch.Generator().manual_seed(0)
+    supervised = torch.tensor([True, False, True, True])
+    feature = torch.randn(4, 6, 4, 4, generator=g)
+    for name, k in (("s4", 1), ("avss", 71)):
+        outputs = {"pred_masks": torch.randn(4, k, 8, 8, generator=g), "mask_feature": feature}
+        masks = (torch.rand(4, 8, 8, generator=g) > 0.5).float() if k == 1 else torch.randint(0, k, (4, 8, 8), generator=g)
+        by_name = SegmentationLoss(name, aux="mix")(outputs, masks, supervised)
+        by_task = SegmentationLoss(task_of(name), aux="mix")(outputs, masks, supervised)
+        assert by_name.keys() == by_task.keys() == {"loss_main", "loss_mix", "total"}
+        assert all(torch.equal(by_name[t], by_task[t]) for t in by_name)
+        assert SegmentationLoss(name).task is task_of(name)
+    assert check_loss_type(task_of("avss"), None) == "ce" and check_loss_type("ms3", "bce") == "bce"
+    with pytest.raises(ValueError, match="does not fit task avss; choose ce"):
+        check_loss_type(task_of("avss"), "dice")
+    with pytest.raises(ValueError, match="task must be one of s4, ms3, avss, got 'x'"):
+        check_loss_type("x", None)

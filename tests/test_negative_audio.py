@@ -85,10 +85,9 @@ class _StubPredictor:
         self.model, self.num_classes, self.device = _Known(classes), classes, torch.device("cpu")
         self.image_size, self.config, self.weights = SIZE, {"task": None}, None
 
-    def autocast(self):
-        import contextlib
-
-        return contextlib.nullcontext()
+    def forward(self, frames, log_mel=None, *, frame_valid=None):
+        """As ``Predictor.forward`` (the road avseg eval takes): ``[B,K,S,S]`` float32 logits."""
+        return self.model(frames, log_mel, frame_valid=frame_valid)["pred_masks"].float()
 
     def model_info(self) -> dict:
         return {"weights": "stub"}
@@ -278,6 +277,43 @@ def test_cli_json_keys_and_errors(data, deaf, tmp_path):
     assert isinstance(bad.exception, AvsegError) and "musak" in str(bad.exception)
     assert "\n" not in str(bad.exception) and bad.exception.exit_code == 2
     assert parse_conditions("noise, silence,noise") == ("noise", "silence")
+
+
+def test_one_replacement_audio_for_eval_and_train(data):
+    """avseg eval (eval.negative) and avseg train (train.negatives) take a clip's replacement log-mel from one
+    function, data.negatives.negative_log_mel: same tensors for the same condition, seed and donor."""
+    from avsegcli.data.negatives import donor_log_mel, negative_log_mel
+    from avsegcli.eval.negative import NegativeAudioScorer
+    from avsegcli.train.negatives import NegativeAudioClips
+
+    for task in ("s4", "avss"):
+        ds = make_dataset(task, data, "test", image_size=SIZE)
+        scorer = NegativeAudioScorer(task, ds, range(len(ds)), ALL, seed=4)
+        wrapped = NegativeAudioClips(ds, seed=4)
+        donors = 0
+        for i in range(len(ds)):
+            item = ds[i]
+            t, real = int(item["frame_valid"].shape[0]), int(item["frame_valid"].sum())
+            for c in ("silence", "noise"):
+                mel = scorer.log_mel(c, item)
+                assert mel.shape == (t, 1, 96, 64) and torch.equal(mel, negative_log_mel(ds, item, c, 4))
+                assert torch.equal(mel[:real], mel[torch.arange(real)])
+            assert torch.equal(wrapped[(i, "silence", -1, 0)]["log_mel"], scorer.log_mel("silence", item))
+            assert torch.equal(wrapped[(i, "noise", -1, 2)]["log_mel"], negative_log_mel(ds, item, "noise", 4, 2))
+            pair = scorer.pairs[item["name"]]
+            if pair is None:
+                assert scorer.log_mel("offscreen", item) is None
+                continue
+            j = ds.names.index(pair["donor"])
+            mel = scorer.log_mel("offscreen", item)
+            assert torch.equal(mel, wrapped[(i, "offscreen", j, 0)]["log_mel"]) and torch.equal(mel, donor_log_mel(ds, j, t))
+            own = ds[j]
+            n = int(own["frame_valid"].sum())  # the donor's real seconds, repeated from the start
+            assert torch.equal(mel, own["log_mel"][torch.arange(t) % n])
+            donors += 1
+        assert donors
+    with pytest.raises(ValueError, match="donor"):
+        negative_log_mel(ds, ds[0], "offscreen", 0)
 
 
 # ------------------------------------------------------------------------------------------------ training

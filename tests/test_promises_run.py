@@ -17,7 +17,8 @@ from PIL import Image
 import avsegcli
 from avsegcli.build import preset
 from avsegcli.masks.io import read_masks_dir
-from avsegcli.run.local import collect_inputs, run_videos
+from avsegcli.run.local import run_videos
+from avsegcli.run.plan import collect_inputs
 from avsegcli.weights import save_checkpoint
 from conftest import run_cli
 from media_gen import make_video

@@ -24,10 +24,10 @@ from safetensors.torch import load_file
 
 from avsegcli.build import build_model
 from avsegcli.data import write_fake_avsbench
-from avsegcli.train.engine import prepare, train
 from avsegcli.errors import AvsegError
 from avsegcli.train import TrainConfig
-from avsegcli.train.config import resolve
+from avsegcli.train.config import prepare, resolve
+from avsegcli.train.engine import train
 from avsegcli.train.init_weights import initialise
 from avsegcli.train.state import read_log
 from conftest import REPO, run_cli

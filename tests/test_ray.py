@@ -19,7 +19,8 @@ import pytest
 import avsegcli
 from avsegcli.errors import AvsegError
 from avsegcli.masks.io import read_masks_dir
-from avsegcli.run.local import collect_inputs, run_videos
+from avsegcli.run.local import run_videos
+from avsegcli.run.plan import collect_inputs
 from media_gen import make_video
 
 # meta.json fields that legitimately differ between two runs of the same video: the wall-clock time it took.
@@ -135,6 +136,7 @@ class _KillOnce:
 def test_killed_actor_video_redone_elsewhere(ray_address, videos, tiny_ckpt, tmp_path):
     import ray
 
+    from avsegcli.run.options import RunOptions
     from avsegcli.run.ray import RayOptions, run_on_ray
 
     clips = tmp_path / "clips"
@@ -143,8 +145,9 @@ def test_killed_actor_video_redone_elsewhere(ray_address, videos, tiny_ckpt, tmp
         os.link(videos / "a.mp4", clips / f"clip{i}.mp4")
     paths = collect_inputs([str(clips)])
     hook = _KillOnce(ray, tmp_path / "out")
-    run = run_on_ray(paths, tmp_path / "out", predictor_kwargs={"weights": tiny_ckpt, "device": "cpu", "batch_size": 1},
-                     run_kwargs={"fps": 8.0}, options=RayOptions(address=ray_address, actors=1, retries=2, progress_every=0.05), progress=hook)
+    opts = RunOptions(out=tmp_path / "out", weights=tiny_ckpt, device="cpu", batch_size=1, fps=8.0,
+                      cluster=RayOptions(address=ray_address, actors=1, retries=2, progress_every=0.05))
+    run = run_on_ray(paths, opts, progress=hook)
     assert hook.killed is not None, "no video was seen in flight"
     stem, actor, half_done = hook.killed
     assert half_done  # killed while its video was being built
@@ -197,15 +200,15 @@ def test_rerun_after_driver_killed_skips_finished(ray_address, videos, tiny_ckpt
 
 def test_out_not_shared_is_refused(tmp_path):
     """The driver's half of the shared-folder check: a marker an actor wrote elsewhere is an error naming the node."""
-    from avsegcli.run.ray import _Driver
+    from avsegcli.run.ray_driver import Driver
 
     info = {"actor": "avseg-x-0", "node_id": "n1", "ip": "10.1.2.3"}
     fake = SimpleNamespace(out=tmp_path)
     with pytest.raises(AvsegError, match="not visible from Ray node 10.1.2.3.*shared folder"):
-        _Driver._check_marker(fake, info)
+        Driver._check_marker(fake, info)
     (tmp_path / ".avseg-ray-avseg-x-0.json").write_text(json.dumps({"node_id": "n2", "ip": "10.1.2.3"}))
     with pytest.raises(AvsegError):  # a marker from another node (same path, different disk) is no proof either
-        _Driver._check_marker(fake, info)
+        Driver._check_marker(fake, info)
     (tmp_path / ".avseg-ray-avseg-x-0.json").write_text(json.dumps({"node_id": "n1", "ip": "10.1.2.3"}))
-    _Driver._check_marker(fake, info)
+    Driver._check_marker(fake, info)
     assert not list(tmp_path.iterdir())  # read and removed

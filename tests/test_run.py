@@ -16,7 +16,7 @@ import pytest
 import avsegcli
 from avsegcli.errors import CheckpointError
 from avsegcli.masks.io import read_masks_dir
-from avsegcli.run.local import collect_inputs, output_stems
+from avsegcli.run.plan import collect_inputs, output_stems
 from conftest import run_cli
 from media_gen import make_video
 

@@ -257,3 +257,13 @@ def test_s4_train_masks_all(s4_root):
     assert torch.equal(a["masks"][0], b["masks"][0])
     with pytest.raises(ValueError):
         make_dataset("s4", s4_root, "train", train_masks="some")
+
+
+def test_generate_takes_a_task_or_its_name(tmp_path):
+    """``generate(Task)`` writes the same files as ``generate(name)``; the summary and the files record the name."""
+    from avsegcli.tasks import MS3
+
+    kw = dict(videos_per_split={"test": 1}, splits=("test",), seed=SEED, mp4=False, image_size=64)
+    by_task, by_name = generate(MS3, tmp_path / "t", **kw), generate("ms3", tmp_path / "n", **kw)
+    assert by_task["task"] == by_name["task"] == "ms3" and _hashes(tmp_path / "t") == _hashes(tmp_path / "n")
+    assert _manifest(tmp_path / "t", "ms3")["task"] == "ms3"

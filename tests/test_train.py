@@ -21,10 +21,11 @@ from safetensors.torch import load_file
 
 from avsegcli.build import build_model, preset
 from avsegcli.data import write_fake_avsbench
-from avsegcli.train.engine import lr_at, train
 from avsegcli.errors import AvsegError, CheckpointError
 from avsegcli.losses import SegmentationLoss, dice_per_frame, loss_weights
 from avsegcli.train import TrainConfig
+from avsegcli.train.config import lr_at
+from avsegcli.train.engine import train
 from avsegcli.train.data import epoch_batches, rank_share
 from avsegcli.train.init_weights import load_backbone_weights, load_init_checkpoint, load_vggish_weights
 from avsegcli.train.state import read_log
@@ -341,3 +342,18 @@ def test_cli_errors_are_one_line(args, message, data_root, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_task_record_or_name_resolve_alike():
+    """TrainConfig takes the task's name (the CLI's) or its Task; config.json and the model config keep the name."""
+    from avsegcli.tasks import AVSS
+    from avsegcli.train.config import model_config, resolve
+
+    by_task, by_name = resolve(TrainConfig(task=AVSS, data="d", out="o")), resolve(TrainConfig(task="avss", data="d", out="o"))
+    assert by_task == by_name and by_task.task == "avss" and by_task.to_dict()["task"] == "avss"
+    mc = model_config(by_task)
+    assert (mc["task"], mc["frames_per_clip"], mc["head"]["num_classes"]) == ("avss", 10, 71)
+    with pytest.raises(AvsegError, match="unknown task 'avs'; expected one of s4, ms3, avss"):
+        resolve(TrainConfig(task="avs"))
+    with pytest.raises(AvsegError, match="--task is required"):
+        resolve(TrainConfig())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import sys
+import traceback
 
 import typer
 from rich.console import Console
 
 from avsegcli import __version__
+from avsegcli.cli.common import is_verbose
 from avsegcli.errors import AvsegError
 
 app = typer.Typer(
@@ -35,6 +37,8 @@ def _root(
 
 
 def _register() -> None:
+    """Add the commands to :data:`app` (once per process: :func:`main` calls it)."""
+    # lazy: the command modules are loaded when the command line runs, not when `avsegcli.cli` is imported
     from avsegcli.cli import eval_cmd, pretrain_cmd, render_cmd, run_cmd, synth_cmd, train_cmd, weights_cmd
 
     app.command("run")(run_cmd.run)
@@ -83,11 +87,7 @@ def main() -> None:
         sys.exit(130)
     except AvsegError as err:
         err_console.print(f"error: {err}", markup=False)
-        from avsegcli.cli.common import is_verbose
-
         if is_verbose():  # -v: the chain of causes and where it was raised
-            import traceback
-
             err_console.print("".join(traceback.format_exception(err)).rstrip(), markup=False)
         sys.exit(err.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

@@ -23,8 +23,17 @@ from typing import Annotated
 
 import typer
 
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr (model, inputs, decisions; tracebacks on errors).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no table (errors still print).")]
+_VERBOSE_HELP = "More detail on stderr (model, inputs, decisions; tracebacks on errors)."
+_QUIET_HELP = "No progress display and no table (errors still print)."
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help=_VERBOSE_HELP)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=_QUIET_HELP)]
+
+
+def verbosity_in_panel(panel: str) -> tuple[type, type]:
+    """``(Verbose, Quiet)`` as above, listed under the help panel ``panel`` (``rich_help_panel``) of a command that
+    groups its options."""
+    return (Annotated[bool, typer.Option("--verbose", "-v", help=_VERBOSE_HELP, rich_help_panel=panel)],
+            Annotated[bool, typer.Option("--quiet", "-q", help=_QUIET_HELP, rich_help_panel=panel)])
 
 #: the level the current command asked for: -1 quiet, 0 normal, 1 verbose
 _LEVEL = {"level": 0}

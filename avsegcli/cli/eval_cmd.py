@@ -1,10 +1,15 @@
-"""``avseg eval``: score a checkpoint or saved masks on an AVSBench split (flags map onto ``evaluate.evaluate``)."""
+"""``avseg eval``: score a checkpoint or saved masks on an AVSBench split.
+
+The flags become one :class:`~avsegcli.eval.options.EvalOptions` (one field each), handed to
+:func:`avsegcli.eval.evaluate.evaluate_options`; this module only draws the progress bar, the tables and the JSON.
+"""
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -12,8 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from avsegcli.cli.common import Quiet, Verbose, detail, set_verbosity
-
-PROTOCOL_CHOICES = {"official": ("official",), "per-frame": ("per-frame",), "both": ("official", "per-frame")}
+from avsegcli.tasks import task_of
 
 
 def _pct(x: Any) -> str:
@@ -33,9 +37,11 @@ def _tables(res: dict[str, Any]) -> list[Table]:
         overall.add_row(p, _pct(r["miou"]), _pct(r["fscore"]), str(r["frames"]))
     source = res["model"]["weights"] if res["model"] else f"{res['pred_dir']} ({res['pred_layout']} layout)"
     notes = [f"scored: {source}", f"{res['batch_clips']} clip(s) per batch, masks at {res['image_size']} px"]
-    if res["task"] == "avss" and "official" in protos:
-        notes.append("official: mean over all 71 classes (absent classes count as 0), padded frames included")
-    if res["task"] != "avss" and res["mode"] == "pred":
+    task = task_of(res["task"])
+    if task.semantic and "official" in protos:
+        notes.append(f"official: mean over all {task.num_classes} classes (absent classes count as 0), padded frames "
+                     "included")
+    if not task.semantic and res["mode"] == "pred":
         notes.append("F-score of saved 0/1 masks: only two threshold levels, not the model's probabilities")
     overall.caption = "; ".join(notes)
     tables = [overall]
@@ -126,60 +132,43 @@ def evaluate(
     verbose: Verbose = False,
 ) -> None:
     """Score mIoU and F-score on AVSBench (S4, MS3, AVSS) with the official protocol and a per-frame one."""
-    from avsegcli.errors import AvsegError
-    from avsegcli.eval.evaluate import check_task, evaluate as run_eval, resolve_data_root
+    from avsegcli.eval.evaluate import evaluate_options  # lazy: the library imports torch (not for --help)
+    from avsegcli.eval.options import EvalOptions
 
-    set_verbosity(verbose, quiet)
-    check_task(task)
-    if protocol not in PROTOCOL_CHOICES:
-        raise AvsegError(f"--protocol must be official, per-frame or both, not {protocol!r}")
-    if weights is not None and pred is not None:
-        raise AvsegError("give --weights or --pred, not both")
-    if save_pred is not None and pred is not None:
-        raise AvsegError("--save-pred needs --weights (the masks come from the model)")
-    from avsegcli.data.negatives import parse_conditions
-
-    conditions = parse_conditions(negative_audio)
-    if negative_audio is not None and not conditions:
-        raise AvsegError("--negative-audio needs at least one of silence, noise, offscreen")
-    root = resolve_data_root(data)
-    predictor = None
-    if pred is None:
-        from avsegcli.inference.predictor import Predictor
-
-        predictor = Predictor(weights, device=device, precision=precision)
-        detail(f"model {predictor.model_info()}")
-    detail(f"data {root} split {split}; {'saved masks ' + str(pred) if pred is not None else 'scoring the model'}")
-    kw: dict[str, Any] = dict(predictor=predictor, pred_dir=pred, protocols=PROTOCOL_CHOICES[protocol],
-                              batch_clips=batch_size, save_pred=save_pred, limit=limit, image_size=image_size,
-                              workers=workers, forward_batch=forward_batch, negative_audio=conditions, negative_seed=seed)
-    to_stdout = json_out == "-"
-    if quiet or to_stdout:
-        res = run_eval(task, root, split, **kw)
-    else:
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn()]
-        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-            bar = progress.add_task(f"{task} {split} clips", total=None)
-            res = run_eval(task, root, split, **kw,
-                           progress=lambda done, total: progress.update(bar, completed=done, total=total))
+    opts = EvalOptions(task=task, data=data, split=split, weights=weights, pred=pred, protocol=protocol,
+                       batch_size=batch_size, device=device, precision=precision, save_pred=save_pred, json_out=json_out,
+                       limit=limit, image_size=image_size, workers=workers, forward_batch=forward_batch,
+                       negative_audio=negative_audio, seed=seed, plots=plots, quiet=quiet, verbose=verbose)
+    set_verbosity(opts.verbose, opts.quiet)
+    silent = opts.quiet or opts.to_stdout
+    res = evaluate_options(opts, display=None if silent else lambda: _progress_bar(f"{opts.task} {opts.split} clips"), note=detail)
     text = json.dumps(res, indent=1)
-    if to_stdout:
+    if opts.to_stdout:
         print(text)
-    elif json_out is not None:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(text + "\n")
+    elif opts.json_out is not None:
+        Path(opts.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.json_out).write_text(text + "\n")
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     for w in res["warnings"]:
         err.print(f"warning: {w}", markup=False)
-    if plots is not None:
-        from avsegcli.eval.plots import write_plots
+    if opts.plots is not None:
+        from avsegcli.eval.plots import write_plots  # lazy: only --plots needs it
 
-        made = write_plots(res, plots)
-        if not (quiet or to_stdout):
+        made = write_plots(res, opts.plots)
+        if not silent:
             err.print(f"plots: {', '.join(made.values()) or 'none apply'}", markup=False)
     detail(f"scored in {res['seconds']} s")
-    if not (quiet or to_stdout):
+    if not silent:
         out = Console()
         for t in _tables(res):
             out.print(t)
+
+
+@contextmanager
+def _progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar on stderr (clips scored); yields its ``progress(done, total)`` callback."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        bar = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(bar, completed=done, total=total)

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 
 from avsegcli.cli.common import Quiet, Verbose, detail, set_verbosity
+from avsegcli.errors import AvsegError
 
 
 class Hold(str, Enum):
@@ -43,18 +45,15 @@ def render(
     verbose: Verbose = False,
 ) -> None:
     """Draw the sounding-object masks over every frame of VIDEO and encode an MP4 (or PNG frames, or a contact sheet)."""
-    from rich.console import Console
-
-    from avsegcli.errors import AvsegError
+    # lazy: the library (torch) only once a command runs, not for --help
     from avsegcli.media.sampling import check_window
     from avsegcli.render import render_video
+    from avsegcli.render.sheet import contact_sheet
 
     set_verbosity(verbose, quiet)
     check_window(start, end)
     console = Console(highlight=False, soft_wrap=True)
     if sheet is not None:
-        from avsegcli.render.sheet import contact_sheet
-
         st = contact_sheet(video, masks_dir, sheet, columns=columns, tile_width=tile_width, start=start, end=end)
         if not quiet:
             console.print(f"wrote {st['out']}: {st['tiles']} tiles in {st['rows']}x{st['columns']} ({st['size'][0]}x{st['size'][1]} px)",

@@ -1,9 +1,17 @@
-"""``avseg run``: segment the sounding objects of many videos (flags map one to one onto Predictor/run_videos)."""
+"""``avseg run``: segment the sounding objects of many videos.
+
+The flags become one :class:`~avsegcli.run.options.RunOptions` (one field each), handed to
+:func:`avsegcli.run.session.run_all`; this module adds the display: progress bars, the result table, one
+``error:`` line per failed video, ``--json``, ``--render`` and ``--sheet``. ``avseg run --help`` groups the flags
+in panels; the ones a first run needs (INPUTS, ``--out``, ``--weights``, ``--device``, ``--fps``, ``--format``)
+come first.
+"""
 
 from __future__ import annotations
 
-import json
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from avsegcli.cli.common import Quiet, Verbose, detail, set_verbosity
+from avsegcli.cli.common import detail, set_verbosity, verbosity_in_panel
+from avsegcli.cli.run_ray import RichRayProgress
+from avsegcli.errors import AvsegError, os_reason
+
+#: help panels of ``avseg run --help``, after the arguments and the first options (what a first run needs)
+INPUT, MODEL, OUTPUT, DISPLAY, CLUSTER = "Input", "Model and precision", "Output", "Display", "Cluster (Ray)"
+VerboseHere, QuietHere = verbosity_in_panel(DISPLAY)
 
 
 class _RichProgress:
@@ -46,7 +60,6 @@ class _RichProgress:
 
 def _sheet_all(results, out: Path, console: Console, quiet: bool) -> None:
     """DIR/<stem>/sheet.png for the videos done in this run (a failure marks that video failed, the rest go on)."""
-    from avsegcli.errors import AvsegError
     from avsegcli.render.sheet import contact_sheet
 
     for r in results:
@@ -62,7 +75,6 @@ def _sheet_all(results, out: Path, console: Console, quiet: bool) -> None:
 
 def _render_all(results, out: Path, console: Console, quiet: bool, start: float | None = None, end: float | None = None) -> None:
     """Overlay videos for the videos done in this run (a render failure marks that video failed, the rest go on)."""
-    from avsegcli.errors import AvsegError
     from avsegcli.render import render_video
 
     for r in results:
@@ -75,115 +87,23 @@ def _render_all(results, out: Path, console: Console, quiet: bool, start: float 
         except AvsegError as err:
             r.status, r.reason = "failed", f"render: {err.reason}"
         except OSError as err:  # the disk filled up or went read-only
-            from avsegcli.run.guard import os_reason
-
             r.status, r.reason = "failed", f"render: cannot write {out / r.stem / 'overlay.mp4'} ({os_reason(err)})"
 
 
-def run(
-    inputs: list[str] = typer.Argument(..., help="Video files, folders (searched recursively) or @list.txt files."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: one subfolder of masks per video."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (.pth of the authors or our .safetensors). Default: the bundled model in weights/."),
-    fps: float = typer.Option(1.0, "--fps", help="Frames per second to segment (1 = the benchmark's rate; 0 = every frame)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where native and faster: AVX512-BF16/AMX CPUs, CUDA 8.0+; else fp32), fp32 (IEEE), tf32 (CUDA), bf16 or fp16."),
-    impl: str = typer.Option("fast", "--impl", help="fast (default) or reference (the authors' arithmetic, op for op; same masks within float rounding)."),
-    compile_model: bool = typer.Option(False, "--compile", help="Run the model through torch.compile (pays a compile time at start; see README)."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Frames per forward pass, across videos."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (0 = decode in the main process; default from the cores: all but one with CUDA, a quarter on the CPU, at least 1)."),
-    glob: Optional[str] = typer.Option(None, "--glob", help="File pattern inside folders (default: common video extensions)."),
-    fmt: str = typer.Option("png", "--format", help="png (one image per frame), npz (one array per video), rle (masks.json: COCO RLE, YouTube-VIS-like) or all."),
-    save_probs: bool = typer.Option(False, "--save-probs", help="With --format npz (or all): also store probabilities."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that already have a finished output."),
-    quiet: Quiet = False,
-    verbose: Verbose = False,
-    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
-    render: bool = typer.Option(False, "--render", help="Also draw each finished video's masks over it: DIR/<stem>/overlay.mp4 (as avseg render)."),
-    sheet: bool = typer.Option(False, "--sheet", help="Also write DIR/<stem>/sheet.png: every sampled frame with its mask in one grid (as avseg render --sheet)."),
-    start: Optional[float] = typer.Option(None, "--start", help="Segment only frames at or after this time (seconds on the source's timeline)."),
-    end: Optional[float] = typer.Option(None, "--end", help="Segment only frames before this time (seconds)."),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (needs the optional ray extra): local (start an instance on this machine), auto (the cluster joined with `ray start`), host:port or ray://host:port. --out must be shared by every node."),
-    ray_actors: int = typer.Option(0, "--ray-actors", help="With --ray: actors, each with its own loaded model and decoding inline (0 = as many as the cluster's GPUs, or CPUs, allow)."),
-    ray_gpus_per_actor: Optional[float] = typer.Option(None, "--ray-gpus-per-actor", help="With --ray: GPUs per actor (0.25 = four actors share a GPU; default 1 when the cluster has GPUs, else 0)."),
-    ray_cpus_per_actor: float = typer.Option(1.0, "--ray-cpus-per-actor", help="With --ray: CPU cores per actor."),
-    ray_retries: int = typer.Option(3, "--ray-retries", help="With --ray: times a video is given to another actor after its actor or node was lost."),
-    audio: str = typer.Option("original", "--audio", help="What the model hears: original (the video's own audio), silence, noise (white, RMS 0.1, seed 0) or FILE (another file's audio from its start, looped or cut to the video's length). Recorded in meta.json."),
-) -> None:
-    """Segment the sounding objects of every sampled frame; resumable (finished videos are skipped)."""
-    from avsegcli.errors import AvsegError
-    from avsegcli.masks.io import FORMATS
-    from avsegcli.inference.predictor import Predictor
-    from avsegcli.run.local import collect_inputs, run_videos, write_summary
+def _display(console: Console, *, ray: bool):
+    """The progress display of :func:`avsegcli.run.session.run_all`: bars on stderr, per video (or per Ray node)."""
 
-    if fmt not in FORMATS:
-        raise AvsegError(f"--format must be png, npz, rle or all, not {fmt!r}")
-    if save_probs and fmt not in ("npz", "all"):
-        raise AvsegError("--save-probs needs --format npz (or all)")
-    from avsegcli.run.guard import check_out_dir, check_run_flags
+    @contextmanager
+    def show(num_videos: int):
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=console, transient=False) as progress:
+            yield RichRayProgress(progress, num_videos) if ray else _RichProgress(progress, num_videos)
 
-    check_run_flags(fps=fps, batch_size=batch_size, workers=workers)  # nan, inf, negative...: usage errors
-    set_verbosity(verbose, quiet)
-    if verbose:  # decode workers keep their stderr (normally /dev/null: native decoder noise)
-        import os
+    return show
 
-        os.environ.setdefault("AVSEG_WORKER_STDERR", "1")
-    from avsegcli.media.sampling import check_window
 
-    check_window(start, end)
-    from avsegcli.media.override import parse_audio
-
-    override = parse_audio(audio)
-    if ray is not None:
-        from avsegcli.cli.run_ray import check_ray_flags
-
-        check_ray_flags(ray_actors, ray_gpus_per_actor, ray_cpus_per_actor, ray_retries)  # and that Ray is installed
-    paths = collect_inputs(inputs, glob, exclude=out)  # never our own outputs (masks, overlay.mp4)
-    if not paths:
-        raise AvsegError(f"no videos found in {', '.join(inputs)}")
-    out = check_out_dir(out)  # a file, not creatable, read-only, full: usage error before any work
-    console = Console(stderr=True)
-    extra: dict = {}
-    if ray is not None:  # the same videos, outputs and rules, spread over Ray actors (avsegcli/run/ray.py)
-        from avsegcli.cli.run_ray import run_with_ray
-
-        t0 = time.perf_counter()
-        results, model_info, extra = run_with_ray(
-            paths, out, address=ray, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor, cpus_per_actor=ray_cpus_per_actor,
-            retries=ray_retries, console=console, show=not (quiet or as_json),
-            predictor_kwargs=dict(weights=weights, device=device, precision=precision, batch_size=batch_size, fps=fps or None,
-                                  impl=impl, compile=compile_model),
-            run_kwargs=dict(fmt=fmt, save_probs=save_probs, overwrite=overwrite, fps=fps or None, start=start, end=end, audio=override))
-    else:
-        predictor = Predictor(weights, device=device, precision=precision, batch_size=batch_size, fps=fps or None,
-                              impl=impl, compile=compile_model)
-        model_info = predictor.model_info()
-        detail(f"{len(paths)} video(s); model {model_info}")
-        t0 = time.perf_counter()
-        if quiet or as_json:
-            results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers, fps=fps or None,
-                                 start=start, end=end, audio=override)
-        else:
-            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-            with Progress(*columns, console=console, transient=False) as progress:
-                results = run_videos(predictor, paths, out, fmt=fmt, save_probs=save_probs, overwrite=overwrite, workers=workers,
-                                     fps=fps or None, progress=_RichProgress(progress, len(paths)), start=start, end=end,
-                                     audio=override)
-    if render:
-        _render_all(results, out, console, quiet or as_json, start=start, end=end)
-    if sheet:
-        _sheet_all(results, out, console, quiet or as_json)
-    seconds = time.perf_counter() - t0
-    frames = sum(r.frames for r in results)
-    try:
-        summary_path = write_summary(results, out, {"model": model_info, "seconds": round(seconds, 3),
-                                                    "frames_per_second": round(frames / seconds, 4) if seconds else None, **extra})
-    except OSError as exc:  # the disk filled up or went read-only at the very end
-        from avsegcli.run.guard import os_reason
-
-        summary_path, summary_error = None, f"error: {out / 'summary.json'}: cannot write the run summary ({os_reason(exc)})"
-    else:
-        summary_error = ""
-    failed = [r for r in results if r.status == "failed"]
+def _report(results, out: Path, frames: int, seconds: float, summary_path: Path | None, *, as_json: bool, quiet: bool) -> None:
+    """stdout: the summary as JSON (``--json``) or the result table (unless ``--quiet``)."""
     if as_json and summary_path is not None:
         print(summary_path.read_text())
     elif not quiet:
@@ -198,7 +118,72 @@ def run(
         table.caption = (f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; {frames} frames in "
                          f"{seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} frames/s)")
         Console().print(table)
+
+
+def run(
+    inputs: list[str] = typer.Argument(..., help="Video files, folders (searched recursively) or @list.txt files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: one subfolder of masks per video."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (.pth of the authors or our .safetensors). Default: the bundled model in weights/."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    fps: float = typer.Option(1.0, "--fps", help="Frames per second to segment (1 = the benchmark's rate; 0 = every frame)."),
+    fmt: str = typer.Option("png", "--format", help="png (one image per frame), npz (one array per video), rle (masks.json: COCO RLE, YouTube-VIS-like) or all."),
+    glob: Optional[str] = typer.Option(None, "--glob", help="File pattern inside folders (default: common video extensions).", rich_help_panel=INPUT),
+    start: Optional[float] = typer.Option(None, "--start", help="Segment only frames at or after this time (seconds on the source's timeline).", rich_help_panel=INPUT),
+    end: Optional[float] = typer.Option(None, "--end", help="Segment only frames before this time (seconds).", rich_help_panel=INPUT),
+    audio: str = typer.Option("original", "--audio", help="What the model hears: original (the video's own audio), silence, noise (white, RMS 0.1, seed 0) or FILE (another file's audio from its start, looped or cut to the video's length). Recorded in meta.json.", rich_help_panel=INPUT),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (0 = decode in the main process; default from the cores: all but one with CUDA, a quarter on the CPU, at least 1).", rich_help_panel=INPUT),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where native and faster: AVX512-BF16/AMX CPUs, CUDA 8.0+; else fp32), fp32 (IEEE), tf32 (CUDA), bf16 or fp16.", rich_help_panel=MODEL),
+    impl: str = typer.Option("fast", "--impl", help="fast (default) or reference (the authors' arithmetic, op for op; same masks within float rounding).", rich_help_panel=MODEL),
+    compile_model: bool = typer.Option(False, "--compile", help="Run the model through torch.compile (pays a compile time at start; see README).", rich_help_panel=MODEL),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Frames per forward pass, across videos.", rich_help_panel=MODEL),
+    save_probs: bool = typer.Option(False, "--save-probs", help="With --format npz (or all): also store probabilities.", rich_help_panel=OUTPUT),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that already have a finished output.", rich_help_panel=OUTPUT),
+    render: bool = typer.Option(False, "--render", help="Also draw each finished video's masks over it: DIR/<stem>/overlay.mp4 (as avseg render).", rich_help_panel=OUTPUT),
+    sheet: bool = typer.Option(False, "--sheet", help="Also write DIR/<stem>/sheet.png: every sampled frame with its mask in one grid (as avseg render --sheet).", rich_help_panel=OUTPUT),
+    quiet: QuietHere = False,
+    verbose: VerboseHere = False,
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout.", rich_help_panel=DISPLAY),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (needs the optional ray extra): local (start an instance on this machine), auto (the cluster joined with `ray start`), host:port or ray://host:port. --out must be shared by every node.", rich_help_panel=CLUSTER),
+    ray_actors: int = typer.Option(0, "--ray-actors", help="With --ray: actors, each with its own loaded model and decoding inline (0 = as many as the cluster's GPUs, or CPUs, allow).", rich_help_panel=CLUSTER),
+    ray_gpus_per_actor: Optional[float] = typer.Option(None, "--ray-gpus-per-actor", help="With --ray: GPUs per actor (0.25 = four actors share a GPU; default 1 when the cluster has GPUs, else 0).", rich_help_panel=CLUSTER),
+    ray_cpus_per_actor: float = typer.Option(1.0, "--ray-cpus-per-actor", help="With --ray: CPU cores per actor.", rich_help_panel=CLUSTER),
+    ray_retries: int = typer.Option(3, "--ray-retries", help="With --ray: times a video is given to another actor after its actor or node was lost.", rich_help_panel=CLUSTER),
+) -> None:
+    """Segment the sounding objects of every sampled frame; resumable (finished videos are skipped)."""
+    from avsegcli.run.options import RayOptions, RunOptions  # lazy: the library imports torch (not for --help)
+    from avsegcli.run.results import write_summary
+    from avsegcli.run.session import run_all
+
+    cluster = None if ray is None else RayOptions(address=ray, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor,
+                                                  cpus_per_actor=ray_cpus_per_actor, retries=ray_retries)
+    opts = RunOptions(inputs=inputs, glob=glob, fps=fps, start=start, end=end, audio=audio, workers=workers, weights=weights,
+                      device=device, precision=precision, impl=impl, compile=compile_model, batch_size=batch_size, out=out,
+                      fmt=fmt, save_probs=save_probs, overwrite=overwrite, render=render, sheet=sheet, quiet=quiet,
+                      verbose=verbose, json=as_json, cluster=cluster)
+    set_verbosity(opts.verbose, opts.quiet)
+    if opts.verbose:  # decode workers keep their stderr (normally /dev/null: native decoder noise)
+        os.environ.setdefault("AVSEG_WORKER_STDERR", "1")
+    console = Console(stderr=True)
+    silent = opts.quiet or opts.json
+    outcome = run_all(opts, display=None if silent else _display(console, ray=cluster is not None), note=detail)
+    results, t0 = outcome.results, outcome.started
+    if opts.render:
+        _render_all(results, opts.out, console, silent, start=opts.start, end=opts.end)
+    if opts.sheet:
+        _sheet_all(results, opts.out, console, silent)
+    seconds = time.perf_counter() - t0
+    frames = sum(r.frames for r in results)
+    try:
+        summary_path = write_summary(results, opts.out, {"model": outcome.model, "seconds": round(seconds, 3),
+                                                    "frames_per_second": round(frames / seconds, 4) if seconds else None,
+                                                    **outcome.extra})
+    except OSError as exc:  # the disk filled up or went read-only at the very end
+        summary_path, summary_error = None, f"error: {opts.out / 'summary.json'}: cannot write the run summary ({os_reason(exc)})"
+    else:
+        summary_error = ""
+    _report(results, opts.out, frames, seconds, summary_path, as_json=opts.json, quiet=opts.quiet)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    failed = [r for r in results if r.status == "failed"]
     for r in failed:  # one line each, whatever a file name contains
         line = f"error: {r.path}: {r.reason}".replace("\r", "\\r").replace("\n", "\\n")
         err.print(line, markup=False, emoji=False)

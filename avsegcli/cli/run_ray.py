@@ -1,17 +1,16 @@
-"""``avseg run --ray``: the driver's display (videos and frames done, per node) around :func:`avsegcli.run.ray.run_on_ray`."""
+"""``avseg run --ray``: the driver's display (videos and frames done, per node), fed by :func:`avsegcli.run.ray.run_on_ray`."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 
-class _RichRayProgress:
-    """Overall videos and frames, and one line per Ray node with its videos and frames done."""
+class RichRayProgress:
+    """Overall videos and frames, and one line per Ray node with its videos and frames done
+    (:class:`avsegcli.run.ray_driver.RayProgress`)."""
 
     def __init__(self, progress: Progress, num_videos: int) -> None:
         self.p = progress
@@ -30,31 +29,3 @@ class _RichRayProgress:
             if ip not in self.nodes:
                 self.nodes[ip] = self.p.add_task("", total=self.total)
             self.p.update(self.nodes[ip], completed=rec["videos"], description=f"  node {ip}: {rec['frames']} frames")
-
-
-def check_ray_flags(actors: int, gpus_per_actor: float | None, cpus_per_actor: float, retries: int) -> None:
-    """Usage errors (exit 2) before any work: Ray not installed (with how to install it), impossible numbers."""
-    from avsegcli.errors import AvsegError
-    from avsegcli.run.ray import import_ray
-
-    import_ray()
-    if actors < 0 or retries < 0:
-        raise AvsegError("--ray-actors and --ray-retries must be 0 or more")
-    if not cpus_per_actor > 0 or not (gpus_per_actor or 0) >= 0:
-        raise AvsegError("--ray-cpus-per-actor must be above 0 and --ray-gpus-per-actor not negative")
-
-
-def run_with_ray(paths: list[Path], out: Path, *, address: str, actors: int, gpus_per_actor: float | None, cpus_per_actor: float,
-                 retries: int, predictor_kwargs: dict[str, Any], run_kwargs: dict[str, Any], console: Console, show: bool):
-    """Returns ``(results, model_info, summary_extra)`` for ``avseg run``'s shared table, summary and exit code."""
-    from avsegcli.run.ray import RayOptions, run_on_ray
-
-    opts = RayOptions(address=address, actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, retries=retries)
-    kwargs = {"predictor_kwargs": predictor_kwargs, "run_kwargs": run_kwargs, "options": opts}
-    if not show:
-        run = run_on_ray(paths, out, **kwargs)
-    else:
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console, transient=False) as progress:
-            run = run_on_ray(paths, out, progress=_RichRayProgress(progress, len(paths)), **kwargs)
-    return run.results, run.model, {"ray": run.info}

@@ -9,15 +9,15 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from avsegcli.cli.common import Quiet, Verbose, set_verbosity
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from avsegcli.cli.common import Quiet, Verbose, set_verbosity
+from avsegcli.errors import AvsegError
 
 
 def _parse_pairs(text: Optional[str], flag: str) -> dict[str, int]:
     """``"train=1,val=2"`` -> ``{"train": 1, "val": 2}`` (AvsegError on a malformed item)."""
-    from avsegcli.errors import AvsegError
-
     out: dict[str, int] = {}
     for item in (text or "").split(","):
         if not item.strip():
@@ -55,8 +55,9 @@ def synth(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Generate bouncing-shape clips whose objects make category sounds, with ground-truth masks of the sounding ones."""
+    from avsegcli.synth import generate  # lazy: the library (torch) only once a command runs, not for --help
+
     set_verbosity(verbose, quiet)
-    from avsegcli.synth import generate
 
     split_names = _names(splits)
     counts = _parse_pairs(split_videos, "--split-videos") or videos

@@ -30,6 +30,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from avsegcli.errors import AvsegError
+from avsegcli.tasks import MS3, S4, Task
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,7 +44,7 @@ class ClipInfo:
 
     name: str
     split: str
-    task: str
+    task: Task
     category: str = ""
     subset: str = ""
     frame_paths: list[Path] = field(default_factory=list)
@@ -153,9 +154,16 @@ def load_binary_mask(path: Path, size: int, mode: str = "1") -> torch.Tensor:
 
 
 class ClipDataset(Dataset):
-    """What every AVSBench reader shares: a list of :class:`ClipInfo` in ``self.clips``."""
+    """What every AVSBench reader shares: its :class:`~avsegcli.tasks.Task` in ``task`` (set by each reader) and a
+    list of :class:`ClipInfo` in ``self.clips``."""
 
+    task: Task
     clips: list[ClipInfo]
+
+    @property
+    def frames_per_clip(self) -> int:
+        """Frames (seconds) of one clip as the reader gives it: 5 (S4, MS3), 10 (AVSS, padded)."""
+        return self.task.frames_per_clip
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -175,11 +183,10 @@ class AVSBenchObject(ClipDataset):
         ``frames`` ``[5,3,S,S]`` float32 normalised; ``log_mel`` ``[5,1,96,64]`` float32 (absent when
         ``load_audio=False``); ``masks`` ``[5,S,S]`` float32 0/1 (zeros where there is no ground truth);
         ``mask_valid`` / ``gt_valid`` ``[5]`` bool (S4 train: frame 0 only); ``frame_valid`` ``[5]`` bool (all
-        True); ``name``, ``category`` (S4; '' for MS3), ``subset`` (''), ``task``, ``split`` (str); ``index`` (int).
+        True); ``name``, ``category`` (S4; '' for MS3), ``subset`` (''), ``task`` (its name), ``split`` (str);
+        ``index`` (int). ``dataset.task`` is the :class:`~avsegcli.tasks.Task` (set by each subclass).
     """
 
-    task = ""
-    frames_per_clip = 5
     mask_mode = "1"
     csv_path: Path  # set by _scan
 
@@ -216,7 +223,7 @@ class AVSBenchObject(ClipDataset):
         item: dict[str, Any] = {
             "frames": frames, "masks": masks, "mask_valid": mask_valid, "gt_valid": mask_valid.clone(),
             "frame_valid": torch.ones(t, dtype=torch.bool), "name": c.name, "category": c.category,
-            "subset": c.subset, "task": self.task, "split": self.split, "index": index,
+            "subset": c.subset, "task": str(self.task), "split": self.split, "index": index,
         }
         if self.load_audio:
             assert c.audio_path is not None
@@ -227,7 +234,7 @@ class AVSBenchObject(ClipDataset):
 class S4Dataset(AVSBenchObject):
     """AVSBench single-source: ``root/Single-source/...`` (see ``AVSBenchObject`` for the item)."""
 
-    task = "s4"
+    task = S4
     mask_mode = "1"
 
     def _scan(self) -> list[ClipInfo]:
@@ -253,7 +260,7 @@ class S4Dataset(AVSBenchObject):
 class MS3Dataset(AVSBenchObject):
     """AVSBench multi-sources: ``root/Multi-sources/...`` (masks for all 5 frames in every split)."""
 
-    task = "ms3"
+    task = MS3
     mask_mode = "P"
 
     def _scan(self) -> list[ClipInfo]:

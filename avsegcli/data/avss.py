@@ -26,11 +26,12 @@ from avsegcli.data.avsbench import (
 )
 from avsegcli.errors import AvsegError
 from avsegcli.media.audio import vggish_examples
-from avsegcli.palette import NUM_AVSS_CLASSES, colours_to_classes, voc_palette
+from avsegcli.palette import AVSS_CLASS_NAMES, NUM_AVSS_CLASSES, colours_to_classes, voc_palette
+from avsegcli.tasks import AVSS
 
 AVSS_SUBSETS = ("v1s", "v1m", "v2")
 FRAMES_PER_SUBSET = {"v1s": 5, "v1m": 5, "v2": 10}
-AVSS_T = 10
+AVSS_T = AVSS.frames_per_clip  # 10: every clip is padded to this many frames
 # official vid_temporal_mask_flag / gt_temporal_mask_flag
 FRAME_FLAGS = {"v1s": [1] * 5 + [0] * 5, "v1m": [1] * 5 + [0] * 5, "v2": [1] * 10}
 GT_FLAGS = {"v1s": [1] + [0] * 9, "v1m": [1] * 5 + [0] * 5, "v2": [1] * 10}
@@ -74,13 +75,13 @@ class AVSSDataset(ClipDataset):
         (absent when ``load_audio=False``); ``masks`` ``[10,S,S]`` int64 class ids (0 on padding);
         ``mask_valid`` ``[10]`` bool (a label file was read); ``frame_valid`` ``[10]`` bool (official
         ``vid_temporal_mask_flag``); ``gt_valid`` ``[10]`` bool (``gt_temporal_mask_flag``); ``name`` (uid),
-        ``subset`` (v1s/v1m/v2), ``category`` (''), ``task`` ('avss'), ``split`` (str); ``index`` (int).
+        ``subset`` (v1s/v1m/v2), ``category`` (''), ``task`` ('avss', its name; ``dataset.task`` is the :class:`~avsegcli.tasks.Task`), ``split`` (str); ``index`` (int).
 
     ``log_mel_fn(path) -> [n,1,96,64]`` turns ``audio.wav`` into VGGish examples (default
     ``avsegcli.media.vggish_examples``); ``subsets`` selects v1s/v1m/v2 clips.
     """
 
-    task = "avss"
+    task = AVSS
 
     def __init__(self, root: str | Path, split: str = "test", image_size: int = 224, load_audio: bool = True,
                  subsets: Sequence[str] = AVSS_SUBSETS, log_mel_fn: LogMelFn | None = None,
@@ -127,8 +128,6 @@ class AVSSDataset(ClipDataset):
 
     @property
     def class_names(self) -> list[str]:
-        from avsegcli.palette import AVSS_CLASS_NAMES
-
         return list(AVSS_CLASS_NAMES[: self.num_classes])
 
     def _geometry(self, img: Image.Image, resample: int) -> Image.Image:
@@ -177,7 +176,7 @@ class AVSSDataset(ClipDataset):
             "frames": frames, "masks": masks, "mask_valid": mask_valid,
             "frame_valid": torch.tensor(FRAME_FLAGS[c.subset], dtype=torch.bool),
             "gt_valid": torch.tensor(GT_FLAGS[c.subset], dtype=torch.bool),
-            "name": c.name, "category": "", "subset": c.subset, "task": self.task, "split": self.split,
+            "name": c.name, "category": "", "subset": c.subset, "task": str(self.task), "split": self.split,
             "index": index,
         }
         if self.load_audio:

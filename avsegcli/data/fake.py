@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from avsegcli.palette import AVSS_CLASS_NAMES, voc_palette
+from avsegcli.tasks import S4, TASK_NAMES, Task, task_of
 
 SPLITS = ("train", "val", "test")
 S4_CATEGORIES = ("dog_barking", "baby_laughter", "lawn_mowing")
@@ -65,8 +66,8 @@ def _write_log_mel(path: Path, rng: np.random.Generator) -> None:
         pickle.dump(x, f)
 
 
-def _write_object(root: Path, task: str, n: int, rng: np.random.Generator, hw: tuple[int, int]) -> None:
-    s4 = task == "s4"
+def _write_object(root: Path, task: Task, n: int, rng: np.random.Generator, hw: tuple[int, int]) -> None:
+    s4 = task == S4
     base = root / ("Single-source" if s4 else "Multi-sources")
     data = base / ("s4_data" if s4 else "ms3_data")
     rows = []
@@ -123,9 +124,9 @@ def _write_avss(root: Path, n: int, rng: np.random.Generator, hw: tuple[int, int
         json.dump({name: i for i, name in enumerate(AVSS_CLASS_NAMES)}, f, indent=1)
 
 
-def write_fake_avsbench(root: str | Path, task: str = "s4", videos_per_split: int = 2, seed: int = 0,
+def write_fake_avsbench(root: str | Path, task: str | Task = "s4", videos_per_split: int = 2, seed: int = 0,
                         image_hw: tuple[int, int] = (48, 64)) -> Path:
-    """Write a tiny dataset for ``task`` ('s4', 'ms3' or 'avss') under ``root`` and return ``root``.
+    """Write a tiny dataset for ``task`` ('s4', 'ms3' or 'avss', or its Task) under ``root`` and return ``root``.
 
     S4/MS3: ``videos_per_split`` clips in each of train/val/test. AVSS: ``videos_per_split`` clips per subset
     (v1s, v1m, v2) in each split. ``image_hw`` is the (height, width) of frames and masks.
@@ -133,10 +134,11 @@ def write_fake_avsbench(root: str | Path, task: str = "s4", videos_per_split: in
     root = Path(root)
     rng = np.random.default_rng(seed)
     hw = (int(image_hw[0]), int(image_hw[1]))
-    if task in ("s4", "ms3"):
-        _write_object(root, task, videos_per_split, rng, hw)
-    elif task == "avss":
+    if not isinstance(task, Task) and task not in TASK_NAMES:
+        raise ValueError(f"task must be 's4', 'ms3' or 'avss', got {task!r}")
+    task = task_of(task)
+    if task.semantic:
         _write_avss(root, videos_per_split, rng, hw)
     else:
-        raise ValueError(f"task must be 's4', 'ms3' or 'avss', got {task!r}")
+        _write_object(root, task, videos_per_split, rng, hw)
     return root

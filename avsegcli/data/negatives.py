@@ -10,6 +10,9 @@ Three conditions (:data:`CONDITIONS`), each a replacement for a clip's audio who
 * ``offscreen``: the audio of another clip of the same split whose sounding categories do not appear in this clip
   (:func:`offscreen_pairs`).
 
+The replacement audio of one dataset item, whatever the condition, is :func:`negative_log_mel` (``avseg eval
+--negative-audio`` and ``avseg train --negative-audio`` both take it from there).
+
 Categories of a clip (:func:`clip_categories`): a synthetic dataset (``synth_<task>.json`` beside the benchmark
 folders) gives what each clip *shows* (every object, distractors included) and what it *sounds*; otherwise S4 uses
 its category folder and AVSS the classes in its label maps (both shown and sounding); MS3 has no class labels, so
@@ -26,12 +29,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
-from avsegcli.data.avss import colour_mask_to_ids
+from avsegcli.data.avsbench import load_log_mel_pickle
+from avsegcli.data.avss import FRAMES_PER_SUBSET, colour_mask_to_ids
 from avsegcli.errors import AvsegError
-from avsegcli.media.signals import clip_seed
+from avsegcli.media.signals import clip_seed, condition_log_mel, loop_examples
 from avsegcli.palette import AVSS_CLASS_NAMES
+from avsegcli.tasks import S4, task_of
 
 CONDITIONS = ("silence", "noise", "offscreen")
 
@@ -61,6 +67,14 @@ def parse_conditions(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def require_conditions(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """:func:`parse_conditions`, and at least one condition (AvsegError otherwise: ``--negative-audio ,``)."""
+    conditions = parse_conditions(value)
+    if not conditions:
+        raise AvsegError("--negative-audio needs at least one of silence, noise, offscreen")
+    return conditions
+
+
 def group_of(name: str) -> str | None:
     return GROUPS.get(name)
 
@@ -87,13 +101,14 @@ def clip_categories(ds: Any, indices: Sequence[int] | None = None) -> tuple[dict
     'none' for MS3, whose clips have no class labels)."""
     idx = list(range(len(ds))) if indices is None else list(indices)
     infos = [ds.clip_info(i) for i in idx]
-    found = _manifest_categories(Path(ds.root), ds.task, {c.name for c in infos})
+    task = task_of(ds.task)
+    found = _manifest_categories(Path(ds.root), str(task), {c.name for c in infos})
     if found is not None:
         return found[0], found[1], "synth manifest"
-    if ds.task == "s4":
+    if task == S4:
         cats = {c.name: frozenset([c.category]) for c in infos}
         return cats, cats, "category folder"
-    if ds.task == "avss":
+    if task.semantic:
         cats = {}
         for c in infos:
             ids: set[int] = set()
@@ -138,3 +153,29 @@ def offscreen_pairs(names: Sequence[str], donors: Sequence[str], shown: Mapping[
                 out[name] = {"donor": cands[int(rng.integers(len(cands)))], "rule": rule}
                 break
     return out
+
+
+def donor_log_mel(ds: Any, donor: int, frames: int) -> torch.Tensor:
+    """The audio of clip ``donor`` of dataset ``ds`` for a clip of ``frames`` frames (the ``offscreen`` condition):
+    ``[frames,1,96,64]`` float32 log-mel. AVSS: the donor's real seconds (5 for v1s/v1m, 10 for v2) repeated from
+    the start; S4/MS3: its benchmark log-mel pickle, ``frames`` rows."""
+    info = ds.clip_info(int(donor))
+    if task_of(ds.task).semantic:
+        return loop_examples(ds.load_log_mel(info.audio_path), frames, FRAMES_PER_SUBSET[info.subset])
+    return load_log_mel_pickle(info.audio_path, frames)
+
+
+def negative_log_mel(ds: Any, item: dict[str, Any], condition: str, seed: int, *extra: int,
+                     donor: int | None = None) -> torch.Tensor:
+    """The replacement ``log_mel`` ``[T,1,96,64]`` of dataset item ``item`` (of ``ds``) under ``condition``.
+
+    ``silence`` / ``noise``: one generated example per real frame (``frame_valid``; noise seeded by ``seed``, the
+    clip's name and ``extra``), repeated from the start over padded frames; ``offscreen``: the audio of clip index
+    ``donor`` (:func:`donor_log_mel`)."""
+    t = int(item["frame_valid"].shape[0])
+    if condition == "offscreen":
+        if donor is None:
+            raise ValueError("the offscreen condition needs a donor clip")
+        return donor_log_mel(ds, donor, t)
+    real = int(item["frame_valid"].sum())
+    return loop_examples(condition_log_mel(condition, real, item["name"], seed, *extra), t, real)

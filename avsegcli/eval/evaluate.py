@@ -4,6 +4,9 @@
     res = evaluate("s4", "/data/AVSBench", "test", predictor=Predictor("AVSegFormer_res50_s4.pth"))
     res["overall"]["official"]["miou"]        # the number the paper reports (as a fraction)
 
+The command line's way in is :func:`evaluate_options` (one :class:`~avsegcli.eval.options.EvalOptions` record:
+the flags, checked; it loads the model the flags name and calls :func:`evaluate`).
+
 Both protocols of :mod:`avsegcli.eval.metrics` are fed the same batches: ``batch_clips`` clips concatenated to
 frames (2 clips = the official 10-frame S4/MS3 test batch; the official per-batch average depends on it, the
 per-frame protocol and the AVSS protocol do not). Scoring with a model and scoring the masks it saved give:
@@ -14,13 +17,14 @@ per-frame protocol and the AVSS protocol do not). Scoring with a model and scori
 * AVSS: every number is the same, because every number only sees ``argmax(softmax(logits))``, which is what is
   saved (padded frames of 5-frame clips predict class 0 and may be saved or left out).
 
-The prediction readers live in :mod:`avsegcli.eval.saved`.
+The prediction readers live in :mod:`avsegcli.eval.saved`, the model's batches in :mod:`avsegcli.eval.forward`.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,14 +32,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from avsegcli.data import TASKS, make_dataset, save_binary_prediction, save_semantic_prediction
+from avsegcli.data import make_dataset
 from avsegcli.errors import AvsegError
-from avsegcli.inference.feed import available_cores, default_workers, device_guard
-from avsegcli.eval.saved import PredictionSource, load_targets
+from avsegcli.eval.forward import predictions, save_masks
 from avsegcli.eval.metrics import PROTOCOLS, BinaryMetrics, SemanticMetrics
-from avsegcli.palette import AVSS_CLASS_NAMES, NUM_AVSS_CLASSES
+from avsegcli.eval.negative import NegativeAudioScorer
+from avsegcli.eval.options import SAVE_PRED_NEEDS_WEIGHTS, EvalOptions, check_sizes
+from avsegcli.eval.saved import PredictionSource, load_targets
+from avsegcli.inference.feed import available_cores, default_workers, device_guard
+from avsegcli.inference.predictor import Predictor
+from avsegcli.palette import AVSS_CLASS_NAMES
+from avsegcli.tasks import Task, task_of
 
-DEFAULT_BATCH_CLIPS = {"s4": 2, "ms3": 2, "avss": 4}
 ENV_ROOT = "AVSBENCH_ROOT"
 Progress = Callable[[int, int], None]  # (clips done, clips in all)
 
@@ -62,17 +70,17 @@ def resolve_data_root(data: str | Path | None = None, *, env: dict[str, str] | N
                      f"pass --data DIR or set {ENV_ROOT}")
 
 
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise AvsegError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    return task
+def check_task(task: str | Task) -> Task:
+    """The :class:`~avsegcli.tasks.Task` of a name; AvsegError naming the choices otherwise."""
+    return task_of(task)
 
 
-def check_classes(task: str, num_classes: int, weights: str | Path | None = None) -> None:
-    """A binary checkpoint (1 class) for S4/MS3, a 71-class one for AVSS; else an AvsegError naming both."""
-    need = NUM_AVSS_CLASSES if task == "avss" else 1
+def check_classes(task: Task, num_classes: int, weights: str | Path | None = None) -> None:
+    """A binary checkpoint (1 class) for S4/MS3, a 71-class one for AVSS (``task.num_classes``); else an AvsegError
+    naming both."""
+    need = task.num_classes
     if num_classes != need:
-        kind = "binary" if need == 1 else "semantic"
+        kind = "semantic" if task.semantic else "binary"
         raise AvsegError(f"checkpoint has {num_classes} output class(es) but task {task} needs {need} ({kind} masks)",
                          path=weights)
 
@@ -80,10 +88,10 @@ def check_classes(task: str, num_classes: int, weights: str | Path | None = None
 class _Scorer:
     """Feeds every batch to one metric per protocol; remembers which clip/frame each scored frame was."""
 
-    def __init__(self, task: str, protocols: Sequence[str]) -> None:
-        self.task, self.semantic = task, task == "avss"
+    def __init__(self, task: Task, protocols: Sequence[str]) -> None:
+        self.task, self.semantic = task, task.semantic
         self.metrics: dict[str, BinaryMetrics | SemanticMetrics] = {
-            p: SemanticMetrics(NUM_AVSS_CLASSES, p) if self.semantic else BinaryMetrics(p) for p in protocols}
+            p: SemanticMetrics(task.num_classes, p) if self.semantic else BinaryMetrics(p) for p in protocols}
         self.frame_ids: list[tuple[str, int]] = []  # binary: (clip, frame) of each scored frame, in order
         self.clip_keys: dict[str, str] = {}
         self.frames = 0
@@ -170,77 +178,7 @@ class _Clips(Dataset):
             return AvsegError(f"cannot read a file of clip {self.ds.clip_info(i).name}: {err}", path=where)
 
 
-@torch.inference_mode()
-def predict_batch(predictor: Any, items: list[dict[str, Any]], semantic: bool,
-                  forward_batch: int | None = None) -> torch.Tensor:
-    """Run the model on clips concatenated to frames ``[B*T,3,S,S]`` (one log-mel patch per frame, so VGGish
-    runs once per patch; AVSS passes ``frame_valid`` so padded frames give zero logits), ``forward_batch`` frames
-    per forward (default all of them).
-
-    Returns ``[B*T,S,S]`` on the CPU: float32 ``sigmoid(logit)`` for binary models, int64
-    ``argmax(softmax(logits))`` class ids for semantic ones (exactly what the metrics compute from logits; both
-    computed on the model's device, so only the ``[B*T,S,S]`` result crosses to the host).
-    """
-    dev = predictor.device
-    # per item to the device (pinned tensors from the loader copy asynchronously), concatenated there
-    frames = torch.cat([it["frames"].to(dev, non_blocking=True) for it in items])
-    log_mel = torch.cat([it["log_mel"].to(dev, non_blocking=True) for it in items])
-    valid = torch.cat([it["frame_valid"].to(dev, non_blocking=True) for it in items]) if semantic else None
-    step = frames.shape[0] if not forward_batch else max(1, int(forward_batch))
-    out = []
-    for i in range(0, frames.shape[0], step):
-        logits = predictor.forward(frames[i:i + step], log_mel[i:i + step],
-                                   frame_valid=None if valid is None else valid[i:i + step])  # its precision, compiled or not
-        out.append(torch.argmax(torch.softmax(logits, dim=1), dim=1) if semantic else torch.sigmoid(logits[:, 0]))
-    return (out[0] if len(out) == 1 else torch.cat(out)).cpu()
-
-
-def _predictions(loader: Any, predictor: Any, semantic: bool, forward_batch: int | None):
-    """``(items, pred)`` per metric batch, in loader order. With a model and a ``forward_batch`` larger than a metric
-    batch, metric batches are gathered until they hold ``forward_batch`` frames, run together, and split again."""
-    held: list[list[dict[str, Any]]] = []
-
-    def run() -> list[tuple[list[dict[str, Any]], torch.Tensor]]:
-        flat = [it for items in held for it in items]
-        pred = predict_batch(predictor, flat, semantic, forward_batch)
-        out, start = [], 0
-        for items in held:
-            n = sum(int(it["frames"].shape[0]) for it in items)
-            out.append((items, pred[start:start + n]))
-            start += n
-        held.clear()
-        return out
-
-    for items in loader:
-        for it in items:
-            if isinstance(it, AvsegError):
-                raise it
-        if predictor is None:
-            pred = torch.cat([it["pred"] for it in items])
-            yield items, (pred.long() if semantic else pred.float())
-            continue
-        held.append(items)
-        if sum(int(it["frames"].shape[0]) for b in held for it in b) >= (forward_batch or 0):
-            yield from run()
-    if held:
-        yield from run()
-
-
-def _save(items: list[dict[str, Any]], pred: torch.Tensor, save_dir: Path, semantic: bool) -> None:
-    """Benchmark layout: binary ``sigmoid > 0.5`` as 0/255 PNGs (``[category/]name/name_<i>.png``), AVSS ids as
-    palette PNGs (``name/name_<i>.png``, all 10 frames as the official script)."""
-    start = 0
-    for it in items:
-        t = it["masks"].shape[0]
-        p = pred[start:start + t]
-        start += t
-        if semantic:
-            save_semantic_prediction(p, save_dir, it["name"])
-        else:
-            save_binary_prediction(p > 0.5, save_dir, it["name"], category=it["category"] or None)
-
-
-def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any = None,
+def evaluate(task: str | Task, root: str | Path, split: str = "test", *, predictor: Any = None,
              pred_dir: str | Path | None = None, protocols: Sequence[str] = PROTOCOLS,
              batch_clips: int | None = None, save_pred: str | Path | None = None, progress: Progress | None = None,
              limit: int | None = None, image_size: int | None = None, workers: int | None = None,
@@ -248,7 +186,8 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
              negative_seed: int = 0) -> dict[str, Any]:
     """Score ``predictor`` (a :class:`~avsegcli.inference.predictor.Predictor`) or the masks in ``pred_dir`` on a split.
 
-    ``batch_clips``: clips per metric batch (default 2 for S4/MS3 = the official 10 frames, 4 for AVSS).
+    ``task``: a :class:`~avsegcli.tasks.Task` or its name. ``batch_clips``: clips per metric batch (default
+    ``task.batch_clips``: 2 for S4/MS3 = the official 10 frames, 4 for AVSS).
     ``forward_batch``: frames per forward pass with a predictor, independent of the metric batch (default: one
     metric batch per forward); larger values run several metric batches together, which are then scored one by one
     exactly as before. ``image_size``: scoring size; default the checkpoint's, or for saved
@@ -257,7 +196,7 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
     is called after each batch. ``workers``: data-loading processes (default: none on machines with 2 cores or
     fewer, else :func:`avsegcli.inference.feed.default_workers`, at most 8; pinned memory when the model is on CUDA).
     ``dataset_kw`` goes to the dataset (e.g.
-    ``log_mel_fn`` for AVSS). ``negative_audio`` (conditions of :mod:`avsegcli.negative_audio`) also scores the
+    ``log_mel_fn`` for AVSS). ``negative_audio`` (conditions of :mod:`avsegcli.data.negatives`) also scores the
     clips with replaced audio against empty ground truth (:mod:`avsegcli.eval.negative`; seeded by
     ``negative_seed``), adding ``negative_audio``, ``g_miou``, ``g_fscore`` and ``negative_audio_info``.
 
@@ -267,7 +206,7 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
     ``per_subset`` + ``per_class`` (AVSS), ``saved_predictions``, ``warnings``, ``seconds``.
     """
     t0 = time.perf_counter()
-    check_task(task)
+    task = check_task(task)
     protocols = tuple(dict.fromkeys(protocols))
     if not protocols or any(p not in PROTOCOLS for p in protocols):
         raise AvsegError(f"protocol must be {', '.join(PROTOCOLS)} or both, got {', '.join(protocols) or 'none'}")
@@ -275,19 +214,15 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
         raise AvsegError("give a model (--weights) or saved masks (--pred), not both" if predictor is not None
                          else "nothing to score: give --weights CKPT or --pred DIR")
     if save_pred is not None and predictor is None:
-        raise AvsegError("--save-pred needs --weights (the masks come from the model)")
-    batch_clips = DEFAULT_BATCH_CLIPS[task] if batch_clips is None else int(batch_clips)
-    if batch_clips < 1:
-        raise AvsegError(f"batch size must be at least 1 clip, got {batch_clips}")
-    if limit is not None and limit < 1:
-        raise AvsegError(f"--limit must be at least 1, got {limit}")
-    semantic = task == "avss"
+        raise AvsegError(SAVE_PRED_NEEDS_WEIGHTS)
+    batch_clips = check_sizes(task, batch_clips, limit, forward_batch)
+    semantic = task.semantic
     warnings: list[str] = []
     kw = dict(dataset_kw or {})
     if predictor is not None:
         check_classes(task, predictor.num_classes, getattr(predictor, "weights", None))
         ckpt_task = predictor.config.get("task")
-        if ckpt_task and ckpt_task != task:
+        if ckpt_task and str(ckpt_task) != str(task):  # the checkpoint's config records the name
             warnings.append(f"the checkpoint was made for {ckpt_task}, scoring it on {task}")
         size = int(image_size or predictor.image_size)
         ds = make_dataset(task, root, split, image_size=size, load_audio=True, **kw)
@@ -303,14 +238,10 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
     save_dir = None if save_pred is None else Path(save_pred)
     negative = None
     if negative_audio:
-        from avsegcli.eval.negative import NegativeAudioScorer
-
         negative = NegativeAudioScorer(task, ds, indices, negative_audio, negative_seed, pred_dir=pred_dir,
                                        save_dir=save_dir)
         warnings += negative.warnings
     clips = _Clips(ds, indices, source, size)
-    if forward_batch is not None and int(forward_batch) < 1:
-        raise AvsegError(f"forward batch must be at least 1 frame, got {forward_batch}")
     on_cuda = predictor is not None and predictor.device.type == "cuda"
     if workers is None:
         batches = -(-len(indices) // batch_clips)
@@ -322,9 +253,9 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
         done = 0
         if progress:
             progress(0, len(indices))
-        for items, pred in _predictions(loader, predictor, semantic, forward_batch):
+        for items, pred in predictions(loader, predictor, semantic, forward_batch):
             if predictor is not None and save_dir is not None:
-                _save(items, pred, save_dir, semantic)
+                save_masks(items, pred, save_dir, semantic)
             scorer.add(items, pred)
             if negative is not None:
                 negative.add(items, pred, predictor)
@@ -336,7 +267,7 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
         res.update(negative.result(res["overall"]))
     scored = next(iter(res["overall"].values()))["frames"]
     return {
-        "task": task, "split": split, "root": str(Path(root).resolve()),
+        "task": str(task), "split": split, "root": str(Path(root).resolve()),
         "mode": "weights" if predictor is not None else "pred",
         "model": predictor.model_info() if predictor is not None else None,
         "pred_dir": None if pred_dir is None else str(Path(pred_dir).resolve()),
@@ -348,3 +279,28 @@ def evaluate(task: str, root: str | Path, split: str = "test", *, predictor: Any
         "saved_predictions": None if save_dir is None else str(save_dir.resolve()),
         "warnings": warnings, "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def evaluate_options(opts: EvalOptions, *, display: Callable[[], AbstractContextManager[Progress | None]] | None = None,
+                     note: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``avseg eval``: check ``opts`` (:meth:`EvalOptions.validate`), find the dataset (:func:`resolve_data_root`),
+    load the model the flags name (``--weights``, else the bundled one; none with ``--pred``) and :func:`evaluate`.
+
+    ``display()`` (entered once the model is loaded, around the scoring) gives the ``progress(done, total)``
+    callback, or None; ``note(line)`` hears what was loaded (the command line prints it with ``--verbose``).
+    Returns :func:`evaluate`'s dict."""
+    opts.validate()
+    root = resolve_data_root(opts.data)
+    predictor = None
+    if opts.pred is None:
+        predictor = Predictor(opts.weights, device=opts.device, precision=opts.precision)
+        if note:
+            note(f"model {predictor.model_info()}")
+    if note:
+        note(f"data {root} split {opts.split}; "
+             f"{'saved masks ' + str(opts.pred) if opts.pred is not None else 'scoring the model'}")
+    with (display or nullcontext)() as progress:
+        return evaluate(opts.task, root, opts.split, predictor=predictor, pred_dir=opts.pred, protocols=opts.protocols,
+                        batch_clips=opts.batch_size, save_pred=opts.save_pred, limit=opts.limit,
+                        image_size=opts.image_size, workers=opts.workers, forward_batch=opts.forward_batch,
+                        negative_audio=opts.conditions, negative_seed=opts.seed, progress=progress)

@@ -4,7 +4,7 @@
     res = evaluate("s4", root, "test", predictor=p, negative_audio=("silence", "noise", "offscreen"), negative_seed=0)
     res["negative_audio"]["silence"]["fpr"], res["g_miou"]
 
-Per condition (see :mod:`avsegcli.negative_audio`): ``fpr`` = mean over the clip's real frames of the fraction of
+Per condition (see :mod:`avsegcli.data.negatives`): ``fpr`` = mean over the clip's real frames of the fraction of
 pixels predicted as object (S4/MS3: ``sigmoid(logit) > 0.5``; AVSS: any class but background), the false-positive
 rate of AVSBench-Robust (every frame's ground truth is empty); ``frames_with_any`` = the share of those frames with
 at least one predicted pixel. Combined scores (our definition): ``g_miou = sqrt(miou * (1 - mean FPR))`` and
@@ -23,9 +23,12 @@ from typing import Any, Sequence
 
 import torch
 
+from avsegcli.data.negatives import clip_categories, negative_log_mel, offscreen_pairs, require_conditions
 from avsegcli.errors import AvsegError
-from avsegcli.data.negatives import clip_categories, offscreen_pairs, parse_conditions
-from avsegcli.media.signals import NOISE_RMS, condition_log_mel, loop_examples
+from avsegcli.eval.forward import predict_batch, save_masks
+from avsegcli.eval.saved import PredictionSource
+from avsegcli.media.signals import NOISE_RMS
+from avsegcli.tasks import Task, task_of
 
 
 class _Rate:
@@ -50,12 +53,11 @@ class _Rate:
 class NegativeAudioScorer:
     """Scores the conditions batch by batch next to the positive scorer of :func:`avsegcli.eval.evaluate.evaluate`."""
 
-    def __init__(self, task: str, ds: Any, indices: Sequence[int], conditions: Sequence[str], seed: int = 0, *,
+    def __init__(self, task: str | Task, ds: Any, indices: Sequence[int], conditions: Sequence[str], seed: int = 0, *,
                  pred_dir: str | Path | None = None, save_dir: str | Path | None = None) -> None:
-        self.task, self.semantic, self.ds, self.seed = task, task == "avss", ds, int(seed)
-        self.conditions = parse_conditions(conditions)
-        if not self.conditions:
-            raise AvsegError("--negative-audio needs at least one of silence, noise, offscreen")
+        self.task = task_of(task)
+        self.semantic, self.ds, self.seed = self.task.semantic, ds, int(seed)
+        self.conditions = require_conditions(conditions)
         self.rates = {c: _Rate() for c in self.conditions}
         self.positive = _Rate()
         self.save_dir = None if save_dir is None else Path(save_dir)
@@ -76,8 +78,6 @@ class NegativeAudioScorer:
                                      f"{len(lost)} clip(s) ({', '.join(lost[:3])}); they are left out of that condition")
         self.sources: dict[str, Any] = {}
         if pred_dir is not None:
-            from avsegcli.eval.saved import PredictionSource
-
             infos = [ds.clip_info(i) for i in indices]
             for c in self.conditions:
                 sub = Path(pred_dir) / c
@@ -85,31 +85,21 @@ class NegativeAudioScorer:
                     raise AvsegError(f"--negative-audio {c}: no saved masks for it (expected {sub}/, as "
                                      f"--save-pred writes it)", path=pred_dir)
                 keep = [i for i in infos if c != "offscreen" or self.pairs.get(i.name)]
-                self.sources[c] = PredictionSource(task, sub, keep)
+                self.sources[c] = PredictionSource(self.task, sub, keep)
 
     # ------------------------------------------------------------------------------------------------ audio
     def _frames(self, item: dict[str, Any]) -> int:
         return int(item["frame_valid"].shape[0])
 
     def log_mel(self, condition: str, item: dict[str, Any]) -> torch.Tensor | None:
-        """The replacement ``log_mel`` of one dataset item under ``condition`` (None: no offscreen donor)."""
-        t = self._frames(item)
-        real = int(item["frame_valid"].sum())
+        """The replacement ``log_mel`` ``[T,1,96,64]`` of one dataset item under ``condition`` (None: no offscreen
+        donor)."""
         if condition != "offscreen":
-            ex = condition_log_mel(condition, real, item["name"], self.seed)
-            return loop_examples(ex, t, real) if t != real else ex
+            return negative_log_mel(self.ds, item, condition, self.seed)
         pair = self.pairs.get(item["name"])
         if pair is None:
             return None
-        info = self.ds.clip_info(self._index[pair["donor"]])
-        if self.semantic:
-            from avsegcli.data.avss import FRAMES_PER_SUBSET
-
-            donor = self.ds.load_log_mel(info.audio_path)
-            return loop_examples(donor, t, FRAMES_PER_SUBSET[info.subset])
-        from avsegcli.data.avsbench import load_log_mel_pickle
-
-        return load_log_mel_pickle(info.audio_path, t)
+        return negative_log_mel(self.ds, item, condition, self.seed, donor=self._index[pair["donor"]])
 
     # ------------------------------------------------------------------------------------------------ scoring
     @staticmethod
@@ -134,12 +124,10 @@ class NegativeAudioScorer:
             if not use:
                 continue
             if predictor is not None:
-                from avsegcli.eval.evaluate import _save, predict_batch
-
                 swapped = [{**it, "log_mel": self.log_mel(c, it)} for it in use]
                 neg = predict_batch(predictor, swapped, self.semantic)
                 if self.save_dir is not None:
-                    _save(use, neg, self.save_dir / c, self.semantic)
+                    save_masks(use, neg, self.save_dir / c, self.semantic)
             else:
                 size = int(use[0]["masks"].shape[-1])
                 neg = torch.cat([self.sources[c].load(self.ds.clip_info(it["index"]), size) for it in use])

@@ -27,6 +27,7 @@ DPI = 100
 
 
 def _figure(width: float = 6.4, height: float = 4.0):
+    # lazy: matplotlib is heavy and only --plots needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

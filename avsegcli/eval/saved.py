@@ -28,6 +28,7 @@ from avsegcli.data.avsbench import load_binary_mask
 from avsegcli.data.avss import AVSS_T, FRAME_FLAGS, FRAMES_PER_SUBSET, GT_FLAGS
 from avsegcli.errors import AvsegError
 from avsegcli.masks.io import META, MaskSet, read_masks_dir
+from avsegcli.tasks import Task, task_of
 
 SHOW = 3
 
@@ -38,7 +39,8 @@ def load_targets(ds: Any, index: int) -> dict[str, Any]:
     ``name``, ``category``, ``subset``. Same files and resizing as ``ds[index]``."""
     c: ClipInfo = ds.clip_info(index)
     s = ds.image_size
-    if ds.task == "avss":
+    semantic = task_of(ds.task).semantic
+    if semantic:
         t = AVSS_T
         masks = torch.zeros(t, s, s, dtype=torch.int64)
         frame_valid = torch.tensor(FRAME_FLAGS[c.subset], dtype=torch.bool)
@@ -50,9 +52,9 @@ def load_targets(ds: Any, index: int) -> dict[str, Any]:
     mask_valid = torch.zeros(t, dtype=torch.bool)
     for i, p in enumerate(c.mask_paths):
         if p is not None:
-            masks[i] = ds.load_label(p) if ds.task == "avss" else load_binary_mask(p, s, ds.mask_mode)
+            masks[i] = ds.load_label(p) if semantic else load_binary_mask(p, s, ds.mask_mode)
             mask_valid[i] = True
-    if ds.task != "avss":
+    if not semantic:
         gt_valid = mask_valid.clone()
     return {"masks": masks, "mask_valid": mask_valid, "frame_valid": frame_valid, "gt_valid": gt_valid,
             "name": c.name, "category": c.category, "subset": c.subset, "index": index}
@@ -68,8 +70,9 @@ def _resize_nearest(masks: np.ndarray, size: int) -> np.ndarray:
 class PredictionSource:
     """The saved masks of ``clips`` under ``pred_dir``; raises one AvsegError listing what is missing."""
 
-    def __init__(self, task: str, pred_dir: str | Path, clips: Sequence[ClipInfo]) -> None:
-        self.task, self.semantic = task, task == "avss"
+    def __init__(self, task: str | Task, pred_dir: str | Path, clips: Sequence[ClipInfo]) -> None:
+        self.task = task_of(task)
+        self.semantic = self.task.semantic
         self.dir = Path(pred_dir)
         if not self.dir.is_dir():
             raise AvsegError("no such predictions folder", path=self.dir)

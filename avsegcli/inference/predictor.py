@@ -2,25 +2,30 @@
 
     from avsegcli import Predictor
     pred = Predictor("AVSegFormer_res50_s4.pth", device="cpu")
-    result = pred.predict_video("video.mp4")      # result.masks [N, H, W] uint8, result.timestamps [N] seconds
-    for r in pred.stream("long.mp4"):              # one FrameResult per sampled frame, memory bounded by a batch
+    result = pred.predict_video("video.mp4")      # VideoMasks: result.masks [N, H, W] uint8, result.timestamps [N] s
+    for r in pred.stream("long.mp4"):              # one FrameMask per sampled frame, memory bounded by a batch
         r.mask, r.timestamp, r.frame_index, r.chunk
+
+Both are the result types of :mod:`avsegcli.masks.results` (what ``read_masks_dir`` returns too); ``FrameResult``
+and ``VideoPrediction`` are their old names here.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from avsegcli.inference import precision as precision_modes
 from avsegcli.errors import AvsegError, CheckpointError
+from avsegcli.inference import precision as precision_modes
 from avsegcli.inference.feed import device_frames, device_guard, logits_to_masks, normalize_stats, stage, to_device
+from avsegcli.masks.results import FrameMask, VideoMasks
+from avsegcli.media.clip import iter_batches
+from avsegcli.media.override import AudioOverride, parse_audio
 from avsegcli.weights import RELEASED, load_model, sha256sum
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
@@ -58,34 +63,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-@dataclass
-class VideoPrediction:
-    """Masks of one video at its own size: ``masks [N, H, W]`` uint8 (0/1, or class ids when semantic)."""
-
-    masks: np.ndarray
-    timestamps: np.ndarray
-    frame_indices: np.ndarray
-    chunk_indices: np.ndarray
-    has_audio: bool
-    semantic: bool
-    probs: np.ndarray | None = None  # binary: [N, H, W] sigmoid; semantic: [N, K, S, S] softmax at model size
-
-
-@dataclass
-class FrameResult:
-    """One sampled frame, as :meth:`Predictor.stream` yields it.
-
-    ``mask [H, W]`` uint8 at the source size (0/1, or class ids when semantic), ``timestamp`` seconds,
-    ``frame_index`` (source frame number), ``chunk`` (the audio second it heard: ``floor(timestamp)``),
-    ``probs`` with ``return_probs`` (binary: ``[H, W]`` sigmoid; semantic: ``[K, S, S]`` softmax at model size).
-    """
-
-    mask: np.ndarray
-    timestamp: float
-    frame_index: int
-    chunk: int
-    has_audio: bool
-    probs: np.ndarray | None = None
+#: old names of the result types (:mod:`avsegcli.masks.results`): one frame, one video
+FrameResult = FrameMask
+VideoPrediction = VideoMasks
 
 
 class Predictor:
@@ -192,8 +172,8 @@ class Predictor:
         return np.concatenate(masks) if masks else np.zeros((0, *size), np.uint8)
 
     def stream(self, path: str | Path, *, fps: float | None = None, return_probs: bool = False,
-               start: float | None = None, end: float | None = None, audio: Any = None) -> Iterator[FrameResult]:
-        """Yield one :class:`FrameResult` per sampled frame, in time order, as the model produces them.
+               start: float | None = None, end: float | None = None, audio: Any = None) -> Iterator[FrameMask]:
+        """Yield one :class:`~avsegcli.masks.results.FrameMask` per sampled frame, in time order, as the model produces them.
 
         Frames are decoded, run and released one batch (``batch_size`` frames) at a time and the audio streams
         alongside, so memory does not grow with the video's length. ``fps`` defaults to the predictor's;
@@ -202,30 +182,23 @@ class Predictor:
         the video's own), ``'silence'``, ``'noise'``, another media file, or an
         :class:`~avsegcli.media.override.AudioOverride` (see :mod:`avsegcli.media.override`).
         """
-        from avsegcli import media
-        from avsegcli.media.override import AudioOverride, parse_audio
-
         fps = self.fps if fps is None else fps
         override = audio if isinstance(audio, AudioOverride) else parse_audio(audio)
-        for batch in media.iter_batches(path, fps=fps, batch_size=self.batch_size, image_size=self.image_size,
+        for batch in iter_batches(path, fps=fps, batch_size=self.batch_size, image_size=self.image_size,
                                         via=self.via, start=start, end=end, audio=override, normalized=False):
             # uint8 frames, normalised on the device by logits() (the same numbers; what avseg run sends too)
             masks, probs = self.to_masks(self.logits(batch.frames, batch.chunk_log_mel, batch.chunk_rows), batch.raw_size, return_probs)
             for i in range(len(batch)):
-                yield FrameResult(mask=masks[i], timestamp=float(batch.timestamps[i]), frame_index=int(batch.frame_indices[i]),
+                yield FrameMask(mask=masks[i], timestamp=float(batch.timestamps[i]), frame_index=int(batch.frame_indices[i]),
                                   chunk=int(batch.chunk_indices[i]), has_audio=batch.has_audio,
                                   probs=None if probs is None else probs[i])
 
     def predict_video(self, path: str | Path, *, fps: float | None = None, return_probs: bool = False,
-                      start: float | None = None, end: float | None = None, audio: Any = None) -> VideoPrediction:
+                      start: float | None = None, end: float | None = None, audio: Any = None) -> VideoMasks:
         """Masks of every sampled frame of a video (``fps`` defaults to the predictor's, 1 frame per second):
-        :meth:`stream` collected into arrays (``audio`` as there)."""
+        :meth:`stream` collected into one :class:`~avsegcli.masks.results.VideoMasks` (``audio`` as there;
+        ``meta`` empty, ``probs`` with ``return_probs``)."""
         frames = list(self.stream(path, fps=fps, return_probs=return_probs, start=start, end=end, audio=audio))
         if not frames:
             raise AvsegError("has no frames to predict", path=path)
-        return VideoPrediction(
-            masks=np.stack([f.mask for f in frames]), timestamps=np.array([f.timestamp for f in frames], dtype=np.float64),
-            frame_indices=np.array([f.frame_index for f in frames], dtype=np.int64),
-            chunk_indices=np.array([f.chunk for f in frames], dtype=np.int64), has_audio=frames[-1].has_audio,
-            semantic=self.semantic, probs=np.stack([f.probs for f in frames]) if return_probs else None,
-        )
+        return VideoMasks.from_frames(frames, semantic=self.semantic)

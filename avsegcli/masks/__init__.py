@@ -1,2 +1,2 @@
-"""Mask files: PNG folders with ``meta.json`` and ``masks.npz`` (:mod:`avsegcli.masks.io`), COCO RLE
-(:mod:`avsegcli.masks.rle`)."""
+"""Masks of a predicted video: the result type in memory and on disk (:mod:`avsegcli.masks.results`), mask folders
+with ``meta.json``, PNGs and ``masks.npz`` (:mod:`avsegcli.masks.io`), COCO RLE (:mod:`avsegcli.masks.rle`)."""

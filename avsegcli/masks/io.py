@@ -29,14 +29,16 @@ import shutil
 import threading
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from numpy.lib import format as npformat
 from PIL import Image
 
 from avsegcli.errors import AvsegError
+from avsegcli.masks.results import VideoMasks
+from avsegcli.masks.rle import RLE_FILE, encode_segments, read_rle, rle_document, write_rle
 from avsegcli.palette import voc_palette
 
 META = "meta.json"
@@ -123,8 +125,6 @@ class _Spill:
 
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     """The ``.npy`` header ``np.save`` writes for a C-ordered array of this shape and dtype (version 1.0, else 2.0)."""
-    from numpy.lib import format as npformat
-
     d = npformat.header_data_from_array_1_0(np.empty(0, dtype))
     d["shape"] = tuple(int(x) for x in shape)
     buf = io.BytesIO()
@@ -196,8 +196,6 @@ class VideoMaskWriter:
                 p = np.ascontiguousarray(probs, dtype=np.float16)
                 probs_blob = (p.shape, zlib.compress(p, _SPILL_LEVEL))
         if self.fmt in ("rle", "all"):
-            from avsegcli.masks.rle import encode_segments
-
             frame = {k: rec[k] for k in ("frame_index", "timestamp", "chunk")} | {"segments": encode_segments(mask, self.semantic)}
             rle_blob = json.dumps(frame, separators=(",", ":")).encode("ascii")  # as write_rle would put it in the list
         with self._lock:
@@ -240,8 +238,6 @@ class VideoMaskWriter:
     def _write_rle(self, path: Path, meta: dict[str, Any], order: np.ndarray) -> None:
         """``masks.json`` byte for byte as ``write_rle(path, rle_document(meta, frames, semantic))``, the frame records
         streamed from the spill file in ``order``."""
-        from avsegcli.masks.rle import rle_document, write_rle
-
         head = json.dumps(rle_document(meta, [], self.semantic), separators=(",", ":"))
         tail = "[]}"
         if not head.endswith('"frames":' + tail):  # frames not the document's last key any more: build it whole
@@ -263,8 +259,6 @@ class VideoMaskWriter:
         if self.fmt in ("npz", "all"):
             self._write_npz(self.partial / NPZ, order)
         if self.fmt in ("rle", "all"):
-            from avsegcli.masks.rle import RLE_FILE
-
             self._write_rle(self.partial / RLE_FILE, meta, order)
         self._close_spills(remove=True)
         full = {**meta, "format": self.fmt, "semantic": self.semantic, "num_frames": len(self.records), "frames": self.records}
@@ -292,19 +286,15 @@ def is_complete(folder: str | Path) -> bool:
     return (Path(folder) / META).is_file()
 
 
-@dataclass
-class MaskSet:
-    """One video's saved masks: ``masks [N, H, W]`` uint8, ``frame_indices [N]``, ``timestamps [N]``, and meta."""
-
-    masks: np.ndarray
-    frame_indices: np.ndarray
-    timestamps: np.ndarray
-    semantic: bool
-    meta: dict[str, Any]
+#: the old name of a saved video's masks: the same type as a prediction in memory (:mod:`avsegcli.masks.results`)
+MaskSet = VideoMasks
 
 
-def read_masks_dir(folder: str | Path) -> MaskSet:
-    """Read a folder written by :class:`VideoMaskWriter` (png, npz, rle; all is read from its PNGs). Raises AvsegError with a one-line reason."""
+def read_masks_dir(folder: str | Path) -> VideoMasks:
+    """Read a folder written by :class:`VideoMaskWriter` (png, npz, rle; all is read from its PNGs): a
+    :class:`~avsegcli.masks.results.VideoMasks` with ``meta`` (``meta.json``), ``chunk_indices`` and ``has_audio``
+    from it, no ``probs`` (``np.load(folder / "masks.npz")["probs"]`` has them). Raises AvsegError with a one-line
+    reason."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AvsegError("no such mask folder", path=folder)
@@ -317,20 +307,20 @@ def read_masks_dir(folder: str | Path) -> MaskSet:
         raise AvsegError(f"unreadable meta.json ({exc})", path=meta_path) from None
     semantic = bool(meta.get("semantic"))
     frames = meta.get("frames", [])
+    has_audio = meta.get("has_audio")
     if meta.get("format") == "rle":
-        from avsegcli.masks.rle import RLE_FILE, read_rle
-
         masks, idx, ts, _ = read_rle(folder / RLE_FILE, semantic)
-        return MaskSet(masks if len(idx) else np.zeros((0, 0, 0), np.uint8), idx, ts, semantic, meta)
+        return VideoMasks(masks if len(idx) else np.zeros((0, 0, 0), np.uint8), idx, ts, semantic, meta, has_audio=has_audio)
     if meta.get("format") == "npz":
         try:
             with np.load(folder / NPZ) as data:
-                return MaskSet(data["masks"], data["frame_indices"], data["timestamps"], semantic, meta)
+                return VideoMasks(data["masks"], data["frame_indices"], data["timestamps"], semantic, meta,
+                                  has_audio=has_audio)
         except (OSError, KeyError, ValueError) as exc:
             raise AvsegError(f"unreadable {NPZ} ({exc})", path=folder) from None
     missing = [f["file"] for f in frames if not (folder / f["file"]).is_file()]
     if missing:
         raise AvsegError(f"{len(missing)} mask file(s) listed in meta.json are missing, e.g. {', '.join(missing[:3])}", path=folder)
     masks = np.stack([load_mask_png(folder / f["file"], semantic) for f in frames]) if frames else np.zeros((0, 0, 0), np.uint8)
-    return MaskSet(masks, np.array([f["frame_index"] for f in frames], dtype=np.int64),
-                   np.array([f["timestamp"] for f in frames], dtype=np.float64), semantic, meta)
+    return VideoMasks(masks, np.array([f["frame_index"] for f in frames], dtype=np.int64),
+                      np.array([f["timestamp"] for f in frames], dtype=np.float64), semantic, meta, has_audio=has_audio)

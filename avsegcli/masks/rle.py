@@ -26,6 +26,7 @@ frames in source-frame order.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,7 +56,7 @@ def _name(class_id: int, semantic: bool, class_names: Sequence[str]) -> str:
 
 def encode_segments(mask: np.ndarray, semantic: bool, class_names: Sequence[str] = AVSS_CLASS_NAMES) -> list[dict[str, Any]]:
     """``mask [H, W]`` uint8 (0/1, or class ids) -> one segment per class present (empty list when none)."""
-    from pycocotools import mask as cocomask
+    from pycocotools import mask as cocomask  # lazy: a C extension, needed only for --format rle
 
     mask = np.asarray(mask)
     ids = [int(c) for c in np.unique(mask) if c != 0]
@@ -73,9 +74,7 @@ def encode_segments(mask: np.ndarray, semantic: bool, class_names: Sequence[str]
 
 def decode_segments(segments: list[dict[str, Any]], size: tuple[int, int], semantic: bool) -> np.ndarray:
     """Inverse of :func:`encode_segments`: ``[H, W]`` uint8 (0/1 or class ids; a later segment wins overlaps)."""
-    import warnings
-
-    from pycocotools import mask as cocomask
+    from pycocotools import mask as cocomask  # lazy: a C extension, needed only for --format rle
 
     out = np.zeros(size, dtype=np.uint8)
     for seg in segments:

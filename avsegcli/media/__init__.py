@@ -41,7 +41,8 @@ from avsegcli.media.preprocess import (
     resize_like_pil,
     resize_masks_back,
 )
-from avsegcli.media.probe import AudioStreamInfo, MediaInfo, probe
+from avsegcli.media.ffmpeg import AudioStreamInfo
+from avsegcli.media.probe import MediaInfo, probe
 from avsegcli.media.sampling import benchmark_indices, chunk_indices, is_constant_rate, sample_times
 from avsegcli.media.video import VideoSource
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from avsegcli.errors import MediaError
-from avsegcli.media.logmel import SAMPLE_RATE
-from avsegcli.media.probe import ffmpeg_exe
+from avsegcli.media.ffmpeg import ffmpeg_exe, list_streams, reason_from_stderr
+from avsegcli.media.logmel import SAMPLE_RATE, waveform_to_examples
 
 #: aresample options (see the module docstring for how they were chosen)
 RESAMPLER = "resampler=swr:filter_size=32:cutoff=0.9476:filter_type=kaiser"
@@ -48,8 +48,6 @@ def audio_filter(channels: int, sample_rate: int = SAMPLE_RATE) -> str:
 def _stream_channels(path: str | Path, channels: int | None) -> int:
     if channels is not None:
         return int(channels)
-    from avsegcli.media.probe import list_streams
-
     listing = list_streams(path)
     if not listing.audio:
         raise MediaError("has no audio stream", path=path)
@@ -83,8 +81,6 @@ class _AudioPipe:
         """Wait for ffmpeg; a non-zero exit becomes a MediaError with its last message."""
         rc = self.proc.wait()
         if rc != 0:
-            from avsegcli.media.probe import _reason_from_stderr
-
             self._err.seek(0)
             text = self._err.read().decode(errors="replace")
             self.close()
@@ -94,7 +90,7 @@ class _AudioPipe:
             elif "no decoder" in low or "decoder not found" in low:
                 reason = "unsupported audio codec (no decoder in this build)"
             else:
-                reason = _reason_from_stderr(text) if text.strip() else f"ffmpeg exit {rc}"
+                reason = reason_from_stderr(text) if text.strip() else f"ffmpeg exit {rc}"
             raise MediaError(f"cannot decode audio: {reason}", path=self.path)
         self.close()
 
@@ -175,8 +171,6 @@ def vggish_examples(path_or_array, sample_rate: int | None = None):
     averaged, then resampled to 16 kHz (see :data:`RESAMPLER`). Incomplete examples are dropped
     (a 5 s file gives 5 examples, under 0.975 s gives 0).
     """
-    from avsegcli.media.logmel import waveform_to_examples
-
     if isinstance(path_or_array, (str, Path)):
         if sample_rate is not None:
             raise ValueError("sample_rate is only for arrays; a file's own rate is used")

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from avsegcli.errors import MediaError
-from avsegcli.media.probe import PROBE_TIMEOUT_S, ffmpeg_exe
+from avsegcli.media.ffmpeg import PROBE_TIMEOUT_S, ffmpeg_exe, log_lines
 
-#: decimals kept of timestamps (as for decord's): 1 us
+#: decimals kept of timestamps, ffmpeg's packet times and decord's float32 ones alike (1 us): 0.92000001 -> 0.92
 TIME_DECIMALS = 6
 _NOPTS = -(2**63)
 _TB_RE = re.compile(r"^#tb 0: (\d+)/(\d+)")
@@ -47,8 +47,7 @@ def _ffmpeg_reason(stderr: str, codec: str | None) -> str:
         return "has no video stream"
     if "invalid data" in low or "error while decoding" in low or "corrupt" in low:
         return "damaged video data (the decoder rejected it)"
-    lines = [re.sub(r"^\[[^\]]*\]\s*", "", ln).strip() for ln in stderr.splitlines()]
-    lines = [ln for ln in lines if ln]
+    lines = log_lines(stderr)
     return f"cannot decode video (ffmpeg: {lines[-1]})" if lines else "cannot decode video"
 
 

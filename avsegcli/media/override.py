@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from avsegcli.errors import AvsegError
+from avsegcli.media.audio import load_audio
 from avsegcli.media.logmel import CHUNK_SPAN, SAMPLE_RATE, chunk_patch, silence_patch
+from avsegcli.media.probe import probe
 from avsegcli.media.signals import NOISE_RMS, noise_wave
 
 AUDIO_KINDS = ("original", "silence", "noise")
@@ -63,8 +65,6 @@ def parse_audio(value: str | Path | None, seed: int = 0) -> AudioOverride | None
     path = Path(text)
     if not path.is_file():
         raise AvsegError(f"--audio must be original, silence, noise or an existing media file; no such file", path=path)
-    from avsegcli.media.probe import probe
-
     try:
         has_audio = probe(path).has_audio
     except AvsegError as err:
@@ -96,8 +96,6 @@ class _Noise:
 
 class _Looped:
     def __init__(self, path: str) -> None:
-        from avsegcli.media.audio import load_audio
-
         self.wave = load_audio(path)  # float32, as the video's own track is streamed
 
     def patch(self, k: int) -> torch.Tensor:

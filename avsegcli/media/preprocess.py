@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -109,8 +110,6 @@ def resize_like_pil(frames, size: tuple[int, int]) -> torch.Tensor:
 
     PIL's bilinear filter widens with the shrink factor, i.e. it antialiases when downscaling.
     """
-    from PIL import Image
-
     x = as_uint8_nhwc(frames)
     h_out, w_out = int(size[0]), int(size[1])
     out = np.empty((x.shape[0], h_out, w_out, 3), dtype=np.uint8)

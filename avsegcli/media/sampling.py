@@ -36,6 +36,8 @@ import math
 
 import numpy as np
 
+from avsegcli.errors import AvsegError
+
 #: where in each interval the sampled frame sits (the benchmark's 15/16)
 SAMPLE_POSITION = 15.0 / 16.0
 #: tolerance for comparing timestamps rounded to 1 us
@@ -74,8 +76,6 @@ def benchmark_indices(num_frames: int, native_fps: float) -> np.ndarray:
 
 def check_window(start: float | None, end: float | None) -> tuple[float | None, float | None]:
     """Validate a ``[start, end)`` window in seconds: finite, ``>= 0``, ``start < end``; AvsegError otherwise."""
-    from avsegcli.errors import AvsegError
-
     for name, v in (("--start", start), ("--end", end)):
         if v is not None and (not math.isfinite(v) or v < 0):
             raise AvsegError(f"{name} must be a finite number of seconds >= 0, got {v}")

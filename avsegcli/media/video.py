@@ -43,10 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from avsegcli.errors import MediaError
-from avsegcli.media.probe import ffmpeg_exe
+from avsegcli.media.ffdecode import TIME_DECIMALS, FFmpegFrames, locate_damage
+from avsegcli.media.ffmpeg import ffmpeg_exe, list_streams
 
-#: decimals kept of decord's float32 timestamps (1 us): 0.92000001 -> 0.92
-TIME_DECIMALS = 6
 #: between windows, reopen the decord reader once the process has grown by this much since it was
 #: opened (see VideoSource): decord decodes ahead of what was asked when its worker thread lags,
 #: and ffmpeg keeps the frame buffers of that backlog pooled until the reader is freed.
@@ -68,7 +67,7 @@ DECODERS = ("auto", "decord", "ffmpeg")
 
 
 def _decord():
-    try:
+    try:  # lazy: decord loads its native library and its own ffmpeg; only decoding needs them
         import decord
     except ImportError as err:  # pragma: no cover - decord is a hard dependency
         raise MediaError(f"decord is not installed ({err})") from None
@@ -167,9 +166,6 @@ class VideoSource:
 
     def _use_ffmpeg(self) -> None:
         """Decode with the bundled ffmpeg from now on (its own packet index; same numbering as decord's)."""
-        from avsegcli.media.ffdecode import FFmpegFrames
-        from avsegcli.media.probe import list_streams
-
         self._vr = None
         listing = list_streams(self.path)
         if not listing.video:
@@ -243,8 +239,6 @@ class VideoSource:
                 return self.get(idx)
             # where is the damage? ffmpeg decodes single-threaded up to its first error (decord's reader runs
             # ahead of the frames asked for, so its failure does not say which frame is bad)
-            from avsegcli.media.ffdecode import locate_damage
-
             self._vr = None
             at = locate_damage(self.path)
             if at is None and self._choice != "decord":  # ffmpeg decodes it all without an error: let it

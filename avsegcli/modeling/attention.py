@@ -1,9 +1,9 @@
-"""Batch-first multi-head attention computed from an ``nn.MultiheadAttention``'s own weights (the fast path).
+"""Multi-head attention: ``nn.MultiheadAttention`` (the reference) and its fast variant, in one module.
 
 ``nn.MultiheadAttention`` transposes batch-first inputs to ``[L, N, C]`` before its input projection. On the CPU,
 a projection without bias (the audio query generator's) on that non-contiguous layout is computed as a batched
 matmul over a weight copied once per query (about 0.4 s per frame of the released model in bfloat16). Projecting
-the contiguous ``[N, L, C]`` input gives the same function with plain GEMMs.
+the contiguous ``[N, L, C]`` input gives the same function with plain GEMMs (:func:`multihead_attention`).
 """
 
 from __future__ import annotations
@@ -32,3 +32,20 @@ def multihead_attention(attn: nn.MultiheadAttention, query: Tensor, key: Tensor,
     q, k, v = (t.reshape(n, -1, h, c // h).transpose(1, 2) for t in (q, k, v))  # [N, h, L, C/h]
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
     return attn.out_proj(out.transpose(1, 2).reshape(n, lq, c))
+
+
+class Attention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` (batch-first; same parameters and state-dict names) whose ``forward`` is the
+    reference; :meth:`forward_fast` is the fast path's (:mod:`avsegcli.modeling.impl`)."""
+
+    def forward_fast(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                     need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                     is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``forward`` with the same arguments (``query``: ``[N, Lq, C]``; key, value: ``[N, Lk, C]``): returns
+        ``([N, Lq, C], None)`` through :func:`multihead_attention` in eval mode when no weights or masks are
+        asked for; otherwise (training: dropout; attention maps) the reference ``forward``."""
+        if need_weights or self.training or key_padding_mask is not None or attn_mask is not None or is_causal \
+                or not self._qkv_same_embed_dim or not self.batch_first:
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        return multihead_attention(self, query, key, value), None

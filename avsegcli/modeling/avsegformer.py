@@ -10,10 +10,8 @@ from torch import Tensor, nn
 
 from avsegcli.modeling.cache import clear_caches
 from avsegcli.modeling.head import AVSegHead
+from avsegcli.modeling.impl import use_impl
 from avsegcli.modeling.vggish import VGGish
-
-
-IMPLS = ("reference", "fast")
 
 
 def _clear_after_load(module: nn.Module, _incompatible_keys) -> None:
@@ -61,14 +59,11 @@ class AVSegFormer(nn.Module):
         """``"reference"``: the released arithmetic, op for op (contiguous NCHW). ``"fast"``: the same function
         with fewer FLOPs and copies: channels_last convolutions, the query product folded into the first
         query-MLP layer and that MLP run as pixel GEMMs (:meth:`QueryMLP.forward_folded`); equal within float
-        rounding (tests: logits within 1e-4)."""
-        if impl not in IMPLS:
-            raise ValueError(f"unknown impl {impl!r}; expected one of {', '.join(IMPLS)}")
+        rounding (tests: logits within 1e-4). The only switch: it binds every module's ``*_fast`` methods in
+        place of the reference ones, or unbinds them (:func:`~avsegcli.modeling.impl.use_impl`)."""
+        use_impl(self, impl)
         self.impl = impl
         self.clear_caches()
-        for module in self.modules():
-            if "impl" in type(module).__dict__:  # the modules with a fast variant
-                module.impl = impl
         return self.to(memory_format=torch.channels_last if impl == "fast" else torch.contiguous_format)
 
     def cast_for_inference(self, dtype: torch.dtype) -> AVSegFormer:
@@ -137,8 +132,6 @@ class AVSegFormer(nn.Module):
         dtype = self.working_dtype
         audio = self.audio_proj(audio_embedding[:, None, :].float()).to(dtype)  # [N, 1, dim]
         size = frames.shape[-2:]
-        if self.impl == "fast":
-            frames = frames.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(frames.to(dtype))
         flag = None if frame_valid is None else frame_valid.to(feats[0].dtype).view(-1, 1, 1, 1)
         if flag is not None:
@@ -155,3 +148,18 @@ class AVSegFormer(nn.Module):
             if return_intermediate:
                 out["intermediate_masks"] = [m * flag for m in out["intermediate_masks"]]
         return out
+
+    def forward_fast(
+        self,
+        frames: Tensor,
+        log_mel: Tensor | None = None,
+        *,
+        audio_embedding: Tensor | None = None,
+        frame_valid: Tensor | None = None,
+        return_intermediate: bool = False,
+    ) -> dict[str, Any]:
+        """:meth:`forward` (same arguments and outputs) on the frames in channels_last memory, the layout of the
+        fast path's weights; the modules below run their own fast variants."""
+        return AVSegFormer.forward(self, frames.contiguous(memory_format=torch.channels_last), log_mel,
+                                   audio_embedding=audio_embedding, frame_valid=frame_valid,
+                                   return_intermediate=return_intermediate)

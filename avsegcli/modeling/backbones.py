@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 
@@ -15,7 +14,7 @@ class ResNet50Backbone(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import resnet50
+        from torchvision.models import resnet50  # lazy: torchvision only for ResNet-50 presets
 
         trunk = resnet50(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
@@ -45,7 +44,7 @@ class PVTv2Backbone(nn.Module):
         drop_path_rate: float = 0.1,
     ) -> None:
         super().__init__()
-        from timm.models.pvt_v2 import PyramidVisionTransformerV2
+        from timm.models.pvt_v2 import PyramidVisionTransformerV2  # lazy: timm (heavy) only for PVTv2 presets
 
         net = PyramidVisionTransformerV2(
             depths=tuple(depths),

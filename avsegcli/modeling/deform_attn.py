@@ -82,11 +82,9 @@ def ms_deform_attn_accumulate(
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention with learned offsets and weights (state-dict names as released).
 
-    ``impl``: ``"reference"`` samples with :func:`ms_deform_attn`, ``"fast"`` with
-    :func:`ms_deform_attn_accumulate` (set by ``AVSegFormer.set_impl``).
+    :meth:`forward` samples with :func:`ms_deform_attn` (the reference), :meth:`forward_fast` with
+    :func:`ms_deform_attn_accumulate` (:mod:`avsegcli.modeling.impl`).
     """
-
-    impl: str = "reference"
 
     def __init__(self, *, dim: int = 256, num_levels: int = 3, num_heads: int = 8, num_points: int = 4) -> None:
         super().__init__()
@@ -133,6 +131,19 @@ class MSDeformAttn(nn.Module):
         Returns:
             ``[N, Lq, C]``.
         """
+        v, locations, weights = self._sampling(query, reference_points, value, spatial_shapes)
+        return self.output_proj(ms_deform_attn(v, spatial_shapes, locations, weights).to(query.dtype))
+
+    def forward_fast(self, query: Tensor, reference_points: Tensor, value: Tensor,
+                     spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
+        """:meth:`forward` (same arguments and shapes), sampling with :func:`ms_deform_attn_accumulate`."""
+        v, locations, weights = self._sampling(query, reference_points, value, spatial_shapes)
+        return self.output_proj(ms_deform_attn_accumulate(v, spatial_shapes, locations, weights).to(query.dtype))
+
+    def _sampling(self, query: Tensor, reference_points: Tensor, value: Tensor,
+                  spatial_shapes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
+        """The sampler's arguments, all float32: values ``[N, S, M, D]``, locations ``[N, Lq, M, L, P, 2]`` and
+        weights ``[N, Lq, M, L, P]`` (arguments as in :meth:`forward`)."""
         n, lq, _ = query.shape
         s = value.shape[1]
         m, lv, p = self.num_heads, self.num_levels, self.num_points
@@ -143,9 +154,7 @@ class MSDeformAttn(nn.Module):
         # computed in float32 whatever the working dtype (a bf16 location is off by up to a quarter pixel at 64 px).
         normalizer = self._level_normalizer(tuple(spatial_shapes), offsets.device)
         locations = reference_points.float()[:, :, None, :, None, :] + offsets.float() / normalizer[None, None, None, :, None, :]
-        sample = ms_deform_attn_accumulate if self.impl == "fast" else ms_deform_attn
-        out = sample(v.float(), spatial_shapes, locations, weights)
-        return self.output_proj(out.to(query.dtype))
+        return v.float(), locations, weights
 
     def _level_normalizer(self, spatial_shapes: tuple[tuple[int, int], ...], device: torch.device) -> Tensor:
         """``[L, 2]`` float32 (W_l, H_l), built once per shape and device and kept in this module's cache (no

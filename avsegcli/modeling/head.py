@@ -131,11 +131,10 @@ def _mask_convs(dim: int, num_classes: int, scale_factor: int, widths: Sequence[
 class AVSegHead(nn.Module):
     """Turns four visual maps and the projected audio feature into per-pixel logits.
 
-    ``impl`` chooses the arithmetic of the query-MLP step: ``"reference"`` (the released op order: einsum, 1x1
-    convolutions over the query axis) or ``"fast"`` (:meth:`QueryMLP.forward_folded`; equal within float rounding).
+    The mask steps come in pairs (:mod:`avsegcli.modeling.impl`): :meth:`predict` (the released op order: einsum,
+    1x1 convolutions over the query axis) and :meth:`predict_fast` (:meth:`QueryMLP.forward_folded`, the phase
+    up-convolution; equal within float rounding); :meth:`intermediate_mask` and :meth:`intermediate_mask_fast`.
     """
-
-    impl: str = "reference"
 
     def __init__(
         self,
@@ -191,7 +190,18 @@ class AVSegHead(nn.Module):
             ``queries``: ``[N, Q, dim]`` the last decoder layer's queries,
             ``intermediate_masks`` (on request): one ``[N, K, H, W]`` per decoder layer.
         """
-        n = audio.shape[0]
+        shapes, outputs, attns, mask_feature = self.decode(feats, audio, return_intermediate)
+        out: dict[str, Tensor | list[Tensor]] = {"pred_masks": self.predict(outputs[-1], mask_feature),
+                                                 "mask_feature": mask_feature, "queries": outputs[-1]}
+        if return_intermediate:
+            out["intermediate_masks"] = [self.intermediate_mask(q, a, shapes) for q, a in zip(outputs, attns)]
+        return out
+
+    def decode(self, feats: Sequence[Tensor], audio: Tensor, need_attn: bool = False
+               ) -> tuple[list[tuple[int, int]], list[Tensor], list[Tensor | None], Tensor]:
+        """Encoder, audio queries, decoder and mixer (arguments as in :meth:`forward`). Returns the level shapes
+        ``(h, w)`` at strides 8, 16, 32, every decoder layer's queries ``[N, Q, C]`` and cross-attention map
+        ``[N, Q, S]`` (None unless ``need_attn``), and the mask feature ``[N, C, H/4, W/4]``."""
         srcs = [self.in_proj[i + 1](feats[i + 1]) for i in range(self.num_levels)]
         shapes = [(s.shape[2], s.shape[3]) for s in srcs]
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)  # [N, S, C]
@@ -205,28 +215,38 @@ class AVSegHead(nn.Module):
 
         query = self.query_generator(audio) + self.learnable_query.weight[None]  # [N, Q, C]
         memory = self.transformer.encoder(src_flat, pos_flat, shapes)  # [N, S, C]
-        outputs, attns = self.transformer.decoder(query, memory, need_attn=return_intermediate)
+        outputs, attns = self.transformer.decoder(query, memory, need_attn=need_attn)
 
         levels = self._split_levels(memory.transpose(1, 2), shapes)  # each [N, C, h, w]
         lateral = self.lateral_conv(self.in_proj[0](feats[0]))
         mask_feature = lateral + F.interpolate(levels[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
         mask_feature = self.fusion_block(self.out_conv(mask_feature), audio)  # [N, C, H/4, W/4]
+        return shapes, outputs, attns, mask_feature
 
-        if self.impl == "fast":
-            pred = run_mask_convs(self.fc, self.mlp.forward_folded(outputs[-1], mask_feature), fast=True)  # [N, K, H, W]
-        else:
-            pred = torch.einsum("bqc,bchw->bqhw", outputs[-1], mask_feature)  # [N, Q, H/4, W/4]
-            pred = run_mask_convs(self.fc, mask_feature + self.mlp(pred))  # [N, K, H, W]
-        out: dict[str, Tensor | list[Tensor]] = {"pred_masks": pred, "mask_feature": mask_feature, "queries": outputs[-1]}
-        if return_intermediate:
-            out["intermediate_masks"] = [self.intermediate_mask(q, a, shapes) for q, a in zip(outputs, attns)]
-        return out
+    def predict(self, queries: Tensor, mask_feature: Tensor) -> Tensor:
+        """Logits ``[N, K, H, W]`` of the last queries ``[N, Q, C]`` on the mask feature ``[N, C, H/4, W/4]``: the
+        query product ``[N, Q, H/4, W/4]``, the query MLP back to ``C`` channels, the residual, the output convs."""
+        pred = torch.einsum("bqc,bchw->bqhw", queries, mask_feature)  # [N, Q, H/4, W/4]
+        return run_mask_convs(self.fc, mask_feature + self.mlp(pred))  # [N, K, H, W]
+
+    def predict_fast(self, queries: Tensor, mask_feature: Tensor) -> Tensor:
+        """:meth:`predict` (same shapes) with the query product folded into the MLP (:meth:`QueryMLP.forward_folded`)
+        and the upsampling fused into the convolution after it."""
+        return run_mask_convs(self.fc, self.mlp.forward_folded(queries, mask_feature), fast=True)
 
     def intermediate_mask(self, queries: Tensor, attn: Tensor, shapes: Sequence[tuple[int, int]]) -> Tensor:
         """The paper's per-layer mask: queries ``[N, Q, C]`` weighted by their cross-attention map ``[N, Q, S]``,
         split back into the three levels, through the FPN and the output convolutions: ``[N, K, H, W]``."""
+        return run_mask_convs(self.attn_fc, self._attention_feature(queries, attn, shapes))
+
+    def intermediate_mask_fast(self, queries: Tensor, attn: Tensor, shapes: Sequence[tuple[int, int]]) -> Tensor:
+        """:meth:`intermediate_mask` (same shapes) with the upsampling fused into the convolution after it."""
+        return run_mask_convs(self.attn_fc, self._attention_feature(queries, attn, shapes), fast=True)
+
+    def _attention_feature(self, queries: Tensor, attn: Tensor, shapes: Sequence[tuple[int, int]]) -> Tensor:
+        """``[N, C, H/4, W/4]``: queries ``[N, Q, C]`` weighted by ``attn`` ``[N, Q, S]``, through the FPN."""
         maps = torch.einsum("bqc,bqs->bcs", queries, attn)  # [N, C, S]
-        return run_mask_convs(self.attn_fc, self.fpn(self._split_levels(maps, shapes)), fast=self.impl == "fast")
+        return self.fpn(self._split_levels(maps, shapes))
 
     @staticmethod
     def _split_levels(x: Tensor, shapes: Sequence[tuple[int, int]]) -> list[Tensor]:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from avsegcli.modeling.attention import multihead_attention
+from avsegcli.modeling.attention import Attention
 
 
 class QueryGeneratorLayer(nn.Module):
-    impl: str = "reference"  # "fast": attention through :func:`multihead_attention` (same function)
-
     def __init__(self, *, dim: int, num_heads: int, ffn_dim: int) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, bias=False, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(dim, num_heads, bias=False, batch_first=True)
+        self.self_attn = Attention(dim, num_heads, bias=False, batch_first=True)
+        self.cross_attn = Attention(dim, num_heads, bias=False, batch_first=True)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
@@ -21,12 +19,8 @@ class QueryGeneratorLayer(nn.Module):
 
     def forward(self, query: Tensor, audio: Tensor) -> Tensor:
         """``query``: ``[N, Q, C]``, ``audio``: ``[N, 1, C]``. Returns ``[N, Q, C]``."""
-        if self.impl == "fast":
-            query = self.norm1(query + multihead_attention(self.self_attn, query, query, query))
-            query = self.norm2(query + multihead_attention(self.cross_attn, query, audio, audio))
-        else:
-            query = self.norm1(query + self.self_attn(query, query, query, need_weights=False)[0])
-            query = self.norm2(query + self.cross_attn(query, audio, audio, need_weights=False)[0])
+        query = self.norm1(query + self.self_attn(query, query, query, need_weights=False)[0])
+        query = self.norm2(query + self.cross_attn(query, audio, audio, need_weights=False)[0])
         return self.norm3(query + self.ffn(query))
 
 

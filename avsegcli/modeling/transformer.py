@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from avsegcli.modeling.attention import multihead_attention
+from avsegcli.modeling.attention import Attention
 from avsegcli.modeling.deform_attn import MSDeformAttn
 
 
@@ -61,14 +61,12 @@ class Encoder(nn.Module):
 class DecoderLayer(nn.Module):
     """Query self-attention, cross-attention to the encoder memory, GELU FFN; post-norm, no positional terms."""
 
-    impl: str = "reference"  # "fast": attention through :func:`multihead_attention` unless maps are asked for
-
     def __init__(self, *, dim: int, ffn_dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn = Attention(dim, num_heads, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(dim)
-        self.cross_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.cross_attn = Attention(dim, num_heads, dropout=dropout, batch_first=True)
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.linear1 = nn.Linear(dim, ffn_dim)
@@ -84,12 +82,8 @@ class DecoderLayer(nn.Module):
         Returns the new queries ``[N, Q, C]`` and, when ``need_attn``, the cross-attention map averaged over
         heads ``[N, Q, S]`` (else None).
         """
-        if self.impl == "fast" and not need_attn and not self.training:
-            query = self.norm1(query + multihead_attention(self.self_attn, query, query, query))
-            out, attn = multihead_attention(self.cross_attn, query, memory, memory), None
-        else:
-            query = self.norm1(query + self.dropout1(self.self_attn(query, query, query, need_weights=False)[0]))
-            out, attn = self.cross_attn(query, memory, memory, need_weights=need_attn, average_attn_weights=True)
+        query = self.norm1(query + self.dropout1(self.self_attn(query, query, query, need_weights=False)[0]))
+        out, attn = self.cross_attn(query, memory, memory, need_weights=need_attn, average_attn_weights=True)
         query = self.norm2(query + self.dropout2(out))
         ffn = self.linear2(self.dropout3(self.activation(self.linear1(query))))
         return self.norm3(query + self.dropout4(ffn)), attn

@@ -25,8 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avsegcli.errors import AvsegError
+from avsegcli.media.probe import probe
+from avsegcli.media.sampling import check_window, in_window
+from avsegcli.media.video import VideoSource
 from avsegcli.palette import AVSS_CLASS_NAMES
 from avsegcli.render.draw import BINARY_COLOUR, MaskLayer, draw_overlay, prepare_mask
 from avsegcli.render.encode import FrameFolderWriter, VideoWriter, audio_plan, rational_fps
@@ -45,9 +50,6 @@ class _RichProgress:
     """A Rich progress bar on stderr: ``rendering NAME ━━━━ 120/250 frames 0:00:03 < 0:00:04``."""
 
     def __init__(self, label: str, total: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
         self.progress = Progress(TextColumn("rendering {task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("frames"), TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(),
                                  console=Console(stderr=True), transient=False)
@@ -106,9 +108,6 @@ def render_video(
     ``size`` (``[W, H]`` written), ``masks``, ``semantic``, ``hold``, ``audio`` (``"copied"``,
     ``"re-encoded"`` or ``"none"``), ``audio_codec``, ``out``, ``frames_dir``, ``seconds`` (wall time).
     """
-    from avsegcli import media
-    from avsegcli.media.sampling import check_window, in_window
-
     check_window(start, end)
     if out is None and frames_dir is None:
         raise AvsegError("nothing to write: give an output video (-o) or a frames folder (--frames)")
@@ -119,7 +118,7 @@ def render_video(
     if out is not None and Path(out).resolve() == Path(video).resolve():
         raise AvsegError("the output would overwrite the source video; choose another -o", path=out)
     t_begin = time.perf_counter()
-    info = media.probe(video)
+    info = probe(video)
     if not info.has_video:
         raise AvsegError("has no video stream", path=video)
     track = open_masks(masks_dir)
@@ -158,7 +157,7 @@ def render_video(
                 report = stack.enter_context(_RichProgress(Path(video).name, shown.size))
             else:
                 report = progress or None
-            source = stack.enter_context(media.VideoSource(video))
+            source = stack.enter_context(VideoSource(video))
             window = int(max(1, min(32, WINDOW_BYTES // max(1, info.width * info.height * 3))))
             cached_row, layer = -1, None
             for sl, frames in source.iter_windows(shown, window):

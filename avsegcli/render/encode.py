@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from avsegcli.errors import AvsegError
-from avsegcli.media.probe import ffmpeg_exe
+from avsegcli.media.ffmpeg import ffmpeg_exe
 
 #: output suffix -> audio codecs (ffmpeg names) stream-copied into it; others are re-encoded to AAC
 COPYABLE: dict[str, frozenset[str]] = {

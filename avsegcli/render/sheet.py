@@ -18,8 +18,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from avsegcli.errors import AvsegError
+from avsegcli.media.probe import probe
+from avsegcli.media.sampling import check_window, in_window
+from avsegcli.media.video import VideoSource
 from avsegcli.palette import AVSS_CLASS_NAMES, voc_palette
 from avsegcli.render.draw import class_name, draw_overlay, font, format_time, prepare_mask
+from avsegcli.render.timeline import check_match, open_masks
 
 BACKGROUND = (24, 24, 24)
 GAP = 4  # pixels between tiles and around the sheet
@@ -57,17 +61,13 @@ def contact_sheet(video: str | Path, masks_dir: str | Path, out: str | Path, *, 
     ``columns``, ``rows``, ``size`` (``[W, H]``), ``tile`` (``[w, h]`` of a tile's picture), ``boxes`` (one
     ``[x0, y0, x1, y1]`` per tile picture, in time order), ``timestamps``, ``frame_indices``, ``legend`` (names).
     """
-    from avsegcli import media
-    from avsegcli.media.sampling import check_window, in_window
-    from avsegcli.render.timeline import check_match, open_masks
-
     check_window(start, end)
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise AvsegError("the contact sheet is a PNG: give a file name ending in .png", path=out)
     if not out.parent.is_dir():
         raise AvsegError("output folder does not exist", path=out.parent)
-    info = media.probe(video)
+    info = probe(video)
     if not info.has_video:
         raise AvsegError("has no video stream", path=video)
     track = open_masks(masks_dir)
@@ -96,7 +96,7 @@ def contact_sheet(video: str | Path, masks_dir: str | Path, out: str | Path, *, 
     boxes: list[list[int]] = []
     present: set[int] = set()
     fnt = font(size)
-    with media.VideoSource(video) as src:
+    with VideoSource(video) as src:
         for sl, frames in src.iter_windows(track.frame_indices[rows_kept], 16):
             for k, frame in zip(range(sl.start, sl.stop), frames):
                 row = int(rows_kept[k])

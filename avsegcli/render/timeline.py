@@ -28,6 +28,10 @@ from PIL import Image
 
 from avsegcli.errors import AvsegError
 from avsegcli.masks.io import META, load_mask_png, read_masks_dir
+from avsegcli.masks.results import chunks_of
+from avsegcli.masks.rle import RLE_FILE, decode_segments
+from avsegcli.media.audio import iter_seconds as stream_seconds
+from avsegcli.media.logmel import SAMPLE_RATE
 
 HOLD_MODES = ("second", "nearest")
 _EPS = 1e-6
@@ -59,21 +63,12 @@ class MaskTrack:
         if self._masks is not None:
             return self._masks[row]
         if self._segments is not None:
-            from avsegcli.masks.rle import decode_segments
-
             return decode_segments(self._segments[row], self.size, self.semantic)
         mask = load_mask_png(self._files[row], self.semantic)
         if mask.shape != self.size:
             raise AvsegError(f"mask is {mask.shape[1]}x{mask.shape[0]}, the others {self.size[1]}x{self.size[0]}",
                              path=self._files[row])
         return mask
-
-
-def _chunks(meta: dict[str, Any], timestamps: np.ndarray) -> np.ndarray:
-    frames = meta.get("frames") or []
-    if len(frames) == len(timestamps) and all("chunk" in f for f in frames):
-        return np.array([int(f["chunk"]) for f in frames], dtype=np.int64)
-    return np.maximum(np.floor(timestamps + _EPS), 0).astype(np.int64)
 
 
 def open_masks(folder: str | Path) -> MaskTrack:
@@ -87,8 +82,6 @@ def open_masks(folder: str | Path) -> MaskTrack:
     except (OSError, json.JSONDecodeError) as exc:
         raise AvsegError(f"unreadable meta.json ({exc})", path=meta_path) from None
     if meta.get("format") == "rle":  # masks.json: keep the segments, decode a mask when it is shown
-        from avsegcli.masks.rle import RLE_FILE
-
         try:
             doc = json.loads((folder / RLE_FILE).read_text())
             frames = doc["frames"]
@@ -100,13 +93,13 @@ def open_masks(folder: str | Path) -> MaskTrack:
             raise AvsegError(f"{RLE_FILE} is missing", path=folder) from None
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise AvsegError(f"unreadable {RLE_FILE} ({type(exc).__name__}: {exc})", path=folder / RLE_FILE) from None
-        return MaskTrack(folder, indices, times, _chunks(meta, times), bool(meta.get("semantic")), meta, size,
+        return MaskTrack(folder, indices, times, chunks_of(meta, times), bool(meta.get("semantic")), meta, size,
                          _segments=segments)
     if meta.get("format") == "npz":  # read whole (np.load cannot slice a compressed array)
         ms = read_masks_dir(folder)
         size = tuple(int(s) for s in ms.masks.shape[1:]) if ms.masks.ndim == 3 else (0, 0)
         return MaskTrack(folder, ms.frame_indices.astype(np.int64), ms.timestamps.astype(np.float64),
-                         _chunks(ms.meta, ms.timestamps), ms.semantic, ms.meta, size, _masks=ms.masks)
+                         ms.chunk_indices, ms.semantic, ms.meta, size, _masks=ms.masks)
     frames = meta.get("frames") or []
     try:
         files = [folder / f["file"] for f in frames]
@@ -129,7 +122,7 @@ def open_masks(folder: str | Path) -> MaskTrack:
         desc = ", ".join(f"{w}x{h} ({p.name})" for (h, w), p in list(sizes.items())[:3])
         raise AvsegError(f"masks of different sizes in one folder: {desc}", path=folder)
     size = next(iter(sizes)) if sizes else (0, 0)
-    return MaskTrack(folder, indices, times, _chunks(meta, times), bool(meta.get("semantic")), meta, size, _files=files)
+    return MaskTrack(folder, indices, times, chunks_of(meta, times), bool(meta.get("semantic")), meta, size, _files=files)
 
 
 def _meta_size(value: Any) -> tuple[int, int] | None:
@@ -211,10 +204,7 @@ def audio_rms(path: str | Path, starts: np.ndarray, ends: np.ndarray, *, channel
     Audio is decoded by ffmpeg and streamed one second at a time; only running sums at the window bounds
     are kept. Windows past the end of the audio count only the samples that exist (0 when none).
     """
-    from avsegcli.media import SAMPLE_RATE
-    from avsegcli.media import iter_seconds as default_iter
-
-    iter_seconds = iter_seconds or default_iter
+    iter_seconds = iter_seconds or stream_seconds
     s = np.maximum(np.round(np.asarray(starts, dtype=np.float64) * SAMPLE_RATE), 0).astype(np.int64)
     e = np.maximum(np.round(np.asarray(ends, dtype=np.float64) * SAMPLE_RATE), s).astype(np.int64)
     bounds = np.concatenate([s, e])

@@ -21,7 +21,7 @@ from avsegcli.synth.categories import CATEGORIES, Category, SoundSpec, category_
 from avsegcli.synth.clip import MODES, SynthClip, render_clip
 from avsegcli.synth.generate import generate
 from avsegcli.synth.media_out import Mp4Job, dump_tensor_pickle
-from avsegcli.synth.sound import category_sound
+from avsegcli.synth.sound import category_sound, write_wav
 from avsegcli.synth.writer import AVSS_SUBSETS, CLIP_KINDS, TASKS, clip_name, clip_rng, make_clip, split_seed
 
 
@@ -30,8 +30,6 @@ def write_clip_mp4(clip: SynthClip, out: str | Path, wav: str | Path | None = No
 
     The wav is written beside the mp4 (``<out>.wav``) unless ``wav`` names where to put it.
     """
-    from avsegcli.synth.sound import write_wav
-
     if clip.video is None:
         raise ValueError("the clip was rendered with video=False")
     wav_path = write_wav(Path(wav) if wav else Path(str(out) + ".wav"), clip.audio)

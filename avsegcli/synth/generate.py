@@ -12,11 +12,11 @@ from typing import Any
 from avsegcli.errors import AvsegError
 from avsegcli.synth.categories import CATEGORIES, Category, check_categories
 from avsegcli.synth.writer import (
-    AVSS_SUBSETS, FORMAT_VERSION, SPLITS, TASKS, make_clip, split_seed, write_manifest, write_tables,
+    AVSS_SUBSETS, CSV_PATHS, FORMAT_VERSION, SPLITS, TASKS, make_clip, split_seed, write_manifest, write_tables,
 )
+from avsegcli.tasks import Task, task_of
 
 Progress = Callable[[int, int, str], None]
-_CSV = {"s4": "Single-source/s4_meta_data.csv", "ms3": "Multi-sources/ms3_meta_data.csv", "avss": "AVSS/metadata.csv"}
 
 
 def _resolve_counts(videos_per_split: int | Mapping[str, int], splits: Sequence[str]) -> dict[str, int]:
@@ -45,8 +45,9 @@ def _resolve_seeds(seed: int, splits: Sequence[str], split_seeds: Mapping[str, i
     return {s: seeds[s] for s in splits}
 
 
-def _check_args(task: str, splits: Sequence[str], image_size: int, fps: int, mp4: bool) -> None:
-    if task not in TASKS:
+def _check_args(task: str | Task, splits: Sequence[str], image_size: int, fps: int, mp4: bool) -> Task:
+    """The :class:`Task` of ``task`` (a name or a Task) once the arguments are checked; AvsegError otherwise."""
+    if not isinstance(task, Task) and task not in TASKS:
         raise AvsegError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits or len(set(splits)) != len(splits):
@@ -55,14 +56,16 @@ def _check_args(task: str, splits: Sequence[str], image_size: int, fps: int, mp4
         raise AvsegError(f"image size must be >= 32 (and even for mp4), got {image_size}")
     if not 1 <= fps <= 120:
         raise AvsegError(f"fps must be between 1 and 120, got {fps}")
+    return task_of(task)
 
 
-def generate(task: str, out: str | Path, videos_per_split: int | Mapping[str, int] = 10, seed: int = 0,
+def generate(task: str | Task, out: str | Path, videos_per_split: int | Mapping[str, int] = 10, seed: int = 0,
              splits: Sequence[str] = SPLITS, mp4: bool = True, image_size: int = 224, fps: int = 16,
              split_seeds: Mapping[str, int] | None = None, subsets: Sequence[str] = AVSS_SUBSETS,
              categories: tuple[Category, ...] = CATEGORIES, workers: int = 1, overwrite: bool = False,
              crf: int = 16, progress: Progress | None = None) -> dict[str, Any]:
-    """Write a synthetic ``task`` dataset ('s4', 'ms3' or 'avss') under ``out``; returns a summary dict.
+    """Write a synthetic ``task`` dataset ('s4', 'ms3' or 'avss', or its :class:`~avsegcli.tasks.Task`) under ``out``;
+    returns a summary dict (``task``: the name).
 
     ``videos_per_split``: clips per split (an int, or ``{"train": 160, "val": 20, "test": 20}``); for AVSS that
     many clips *per subset* (``subsets``, default v1s, v1m, v2) in each split. ``split_seeds`` overrides the
@@ -78,18 +81,18 @@ def generate(task: str, out: str | Path, videos_per_split: int | Mapping[str, in
     """
     t0 = time.perf_counter()
     splits = tuple(splits)
-    _check_args(task, splits, int(image_size), int(fps), mp4)
+    task = _check_args(task, splits, int(image_size), int(fps), mp4)
     check_categories(tuple(categories))
     counts = _resolve_counts(videos_per_split, splits)
     seeds = _resolve_seeds(int(seed), splits, split_seeds)
-    subs = tuple(subsets) if task == "avss" else ("",)
-    if task == "avss" and (not subs or any(s not in AVSS_SUBSETS for s in subs)):
+    subs = tuple(subsets) if task.semantic else ("",)  # the semantic task (AVSS) is the one with subsets
+    if task.semantic and (not subs or any(s not in AVSS_SUBSETS for s in subs)):
         raise AvsegError(f"AVSS subsets must be among {', '.join(AVSS_SUBSETS)}, got {list(subsets)}")
     root = Path(out)
     manifest_path = root / f"synth_{task}.json"
     if manifest_path.exists() and not overwrite:
         raise AvsegError("a synthetic dataset of this task is already there (overwrite=True, --overwrite, rewrites it)", path=manifest_path)
-    csv_old = root / _CSV[task]
+    csv_old = root / CSV_PATHS[task.name]
     if csv_old.exists() and not manifest_path.exists():
         raise AvsegError("this folder holds a dataset that avseg synth did not write; choose another", path=csv_old)
     root.mkdir(parents=True, exist_ok=True)
@@ -125,8 +128,8 @@ def generate(task: str, out: str | Path, videos_per_split: int | Mapping[str, in
             for n in names:
                 cat_seconds[n] += 1
     summary: dict[str, Any] = {
-        "format_version": FORMAT_VERSION, "task": task, "seed": int(seed), "split_seeds": seeds,
-        "videos": counts, "subsets": list(subs) if task == "avss" else [], "image_size": int(image_size),
+        "format_version": FORMAT_VERSION, "task": str(task), "seed": int(seed), "split_seeds": seeds,
+        "videos": counts, "subsets": list(subs) if task.semantic else [], "image_size": int(image_size),
         "fps": int(fps), "mp4": bool(mp4), "categories": [c.describe() for c in categories],
         "splits": per_split, "category_seconds": cat_seconds,
     }

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from avsegcli.errors import AvsegError
-from avsegcli.media.probe import ffmpeg_exe
+from avsegcli.media.ffmpeg import ffmpeg_exe
 
 
 def save_png(path: Path, array: np.ndarray, compress_level: int = 1) -> None:

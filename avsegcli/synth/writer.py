@@ -34,19 +34,23 @@ from typing import Any
 
 import numpy as np
 
+from avsegcli.media.audio import vggish_examples
 from avsegcli.palette import AVSS_CLASS_NAMES, voc_palette
 from avsegcli.synth import sound
 from avsegcli.synth.categories import CATEGORIES, Category
 from avsegcli.synth.clip import SynthClip, render_clip
 from avsegcli.synth.media_out import Mp4Job, dump_tensor_pickle, save_jpeg, save_png
+from avsegcli.tasks import MS3, S4, TASK_NAMES, Task, task_of
 
-TASKS = ("s4", "ms3", "avss")
+TASKS = TASK_NAMES
 SPLITS = ("train", "val", "test")
 AVSS_SUBSETS = ("v1s", "v1m", "v2")
 #: (mode, seconds) of each kind of clip
 CLIP_KINDS = {"s4": ("single", 5), "ms3": ("multi", 5), "v1s": ("single", 5), "v1m": ("multi", 5),
               "v2": ("mixed", 10)}
 _TASK_CODES = {"s4": 1, "ms3": 2, "avss": 3}
+#: each task's metadata csv, relative to the dataset root
+CSV_PATHS = {"s4": "Single-source/s4_meta_data.csv", "ms3": "Multi-sources/ms3_meta_data.csv", "avss": "AVSS/metadata.csv"}
 _SUBSET_CODES = {"": 0, "v1s": 1, "v1m": 2, "v2": 3}
 FORMAT_VERSION = 1
 
@@ -59,27 +63,25 @@ def split_seed(seed: int, split: str) -> int:
     return int(ss.generate_state(1, np.uint64)[0])
 
 
-def clip_rng(split_seed_value: int, task: str, subset: str, index: int) -> np.random.Generator:
+def clip_rng(split_seed_value: int, task: str | Task, subset: str, index: int) -> np.random.Generator:
     """The generator of clip ``index`` of a split: ``PCG64(SeedSequence([split seed, task, subset, index]))``."""
-    ss = np.random.SeedSequence([int(split_seed_value), _TASK_CODES[task], _SUBSET_CODES[subset], int(index)])
+    ss = np.random.SeedSequence([int(split_seed_value), _TASK_CODES[task_of(task).name], _SUBSET_CODES[subset], int(index)])
     return np.random.Generator(np.random.PCG64(ss))
 
 
-def clip_name(task: str, split: str, index: int, subset: str = "") -> str:
+def clip_name(task: str | Task, split: str, index: int, subset: str = "") -> str:
     """``s4_train_00003``, ``ms3_val_00000``, ``avss_v2_test_00001``."""
     return f"{task}_{subset + '_' if subset else ''}{split}_{index:05d}"
 
 
 def _log_mel(pcm: np.ndarray):
-    from avsegcli.media import vggish_examples
-
     return vggish_examples(pcm, sample_rate=sound.SAMPLE_RATE)
 
 
-def _write_object_clip(root: Path, task: str, split: str, name: str, clip: SynthClip) -> list[str]:
+def _write_object_clip(root: Path, task: Task, split: str, name: str, clip: SynthClip) -> list[str]:
     """S4 / MS3 files of one clip (frames, masks, pkl; the wav is already there); returns its csv row."""
     masks = clip.masks()
-    if task == "s4":
+    if task == S4:
         cat = clip.main_category
         data, sub = root / "Single-source" / "s4_data", Path(split, cat)
         frame_dir = data / "visual_frames" / sub / name
@@ -113,21 +115,21 @@ def _write_avss_clip(root: Path, split: str, subset: str, name: str, clip: Synth
     return [name, name, 0, 0, subset, split]
 
 
-def wav_path(root: Path, task: str, split: str, name: str, clip: SynthClip, subset: str = "") -> Path:
+def wav_path(root: Path, task: Task, split: str, name: str, clip: SynthClip, subset: str = "") -> Path:
     """Where :func:`make_clip` writes a clip's wav."""
-    if task == "s4":
+    if task == S4:
         return root / "Single-source" / "s4_data" / "audio_wav" / split / clip.main_category / f"{name}.wav"
-    if task == "ms3":
+    if task == MS3:
         return root / "Multi-sources" / "ms3_data" / "audio_wav" / split / f"{name}.wav"
     return root / "AVSS" / subset / name / "audio.wav"
 
 
-def make_clip(root: str | Path, task: str, split: str, index: int, split_seed_value: int, subset: str = "",
+def make_clip(root: str | Path, task: str | Task, split: str, index: int, split_seed_value: int, subset: str = "",
               mp4: bool = True, image_size: int = 224, fps: int = 16,
               categories: tuple[Category, ...] = CATEGORIES, crf: int = 16) -> dict[str, Any]:
     """Render clip ``index`` of ``split`` and write its files; returns ``{"row", "name", "split", ...}``."""
-    root = Path(root)
-    mode, seconds = CLIP_KINDS[subset or task]
+    root, task = Path(root), task_of(task)
+    mode, seconds = CLIP_KINDS[subset or task.name]
     name = clip_name(task, split, index, subset)
     clip = render_clip(clip_rng(split_seed_value, task, subset, index), mode=mode, seconds=seconds,
                        image_size=image_size, fps=fps, categories=categories, video=mp4)
@@ -138,7 +140,7 @@ def make_clip(root: str | Path, task: str, split: str, index: int, split_seed_va
         assert clip.video is not None
         job = Mp4Job(root / "videos" / split / f"{name}.mp4", clip.video, wav, fps, crf)
     try:
-        if task == "avss":
+        if task.semantic:
             row = _write_avss_clip(root, split, subset, name, clip)
         else:
             row = _write_object_clip(root, task, split, name, clip)
@@ -151,14 +153,15 @@ def make_clip(root: str | Path, task: str, split: str, index: int, split_seed_va
     return {"row": row, "info": info}
 
 
-def write_tables(root: Path, task: str, rows: list[list[Any]]) -> Path:
+def write_tables(root: Path, task: Task, rows: list[list[Any]]) -> Path:
     """The task's metadata csv (and AVSS ``label2idx.json``); returns the csv path."""
-    if task == "s4":
-        path, header = root / "Single-source" / "s4_meta_data.csv", ["name", "video_id", "category", "split"]
-    elif task == "ms3":
-        path, header = root / "Multi-sources" / "ms3_meta_data.csv", ["video_id", "uid", "split"]
+    path = root / CSV_PATHS[task.name]
+    if task == S4:
+        header = ["name", "video_id", "category", "split"]
+    elif task == MS3:
+        header = ["video_id", "uid", "split"]
     else:
-        path, header = root / "AVSS" / "metadata.csv", ["vid", "uid", "s_min", "s_sec", "label", "split"]
+        header = ["vid", "uid", "s_min", "s_sec", "label", "split"]
         labels = {n: i for i, n in enumerate(AVSS_CLASS_NAMES)}
         (root / "AVSS" / "label2idx.json").write_text(json.dumps(labels, indent=1))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +170,7 @@ def write_tables(root: Path, task: str, rows: list[list[Any]]) -> Path:
     return path
 
 
-def write_manifest(root: Path, task: str, manifest: dict[str, Any]) -> Path:
+def write_manifest(root: Path, task: Task, manifest: dict[str, Any]) -> Path:
     """``root/synth_<task>.json`` (sorted keys, no timestamps: reproducible)."""
     path = root / f"synth_{task}.json"
     path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

@@ -3,24 +3,30 @@
 Every field defaults to ``None`` = "not given"; :func:`resolve` fills in the released recipe (``RECIPES``, read
 from the authors' ``config/*/AVSegFormer_*.py`` and ``scripts/*/train.py``) and the generic defaults
 (``DEFAULTS``). On resume, the saved resolved config is the base; only ``RESUME_OVERRIDABLE`` fields may be changed,
-any other given field must equal the saved value.
+any other given field must equal the saved value. :func:`prepare` does either; :func:`lr_at` is the schedule.
+
+``TrainConfig.task`` is the task's name (what ``config.json`` records); the engine works with its
+:class:`~avsegcli.tasks.Task` (:func:`check_task`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avsegcli.build import PRESETS, preset
 from avsegcli.errors import AvsegError
 from avsegcli.losses import AUX_CHOICES, LOSS_TYPES
+from avsegcli.tasks import Task, task_of
+from avsegcli.train.init_weights import init_checkpoint_config
+from avsegcli.train.state import check_fresh_run_dir
 
-TASKS = ("s4", "ms3", "avss")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")  # fp32 is IEEE on every device; tf32 is asked for by name (CUDA)
 OPTIMIZERS = ("adamw", "sgd")
-NUM_CLASSES = {"s4": 1, "ms3": 1, "avss": 71}
 
 # The released recipe: AdamW lr 2e-5 (torch's default weight decay 0.01), constant lr, seed 123, batch = clips
 # (S4/MS3: 2 clips x 5 frames; AVSS: 4 clips x 10 frames), backbone frozen for `freeze_epochs`, validation
@@ -54,7 +60,7 @@ def flag(name: str) -> str:
 class TrainConfig:
     """Options of one training run (``None`` = the recipe's or default value; see the module docstring)."""
 
-    task: str | None = None
+    task: str | None = None  # the task's name (a Task is taken too: resolve() keeps its name)
     data: str | None = None
     out: str | None = None
     preset: str | None = None  # preset name or a JSON model config; default "<task>-r50" (or --init's config)
@@ -101,26 +107,26 @@ def _positive(name: str, value: Any, allow_zero: bool = False) -> None:
         raise AvsegError(f"{flag(name)} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
-def check_task(task: str | None) -> str:
-    if task not in TASKS:
-        raise AvsegError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}" if task else
-                         "--task is required (s4, ms3 or avss)")
-    return task
+def check_task(task: str | Task | None) -> Task:
+    """The :class:`Task` of ``--task``; :class:`AvsegError` when it is missing or unknown."""
+    if not task:
+        raise AvsegError("--task is required (s4, ms3 or avss)")
+    return task_of(task)
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """A copy with every ``None`` replaced by the recipe of ``cfg.task`` or the default; checks the values."""
     task = check_task(cfg.task)
-    out = dataclasses.replace(cfg, model_overrides=dict(cfg.model_overrides))
-    for key, value in {**DEFAULTS, **RECIPES[task]}.items():
+    out = dataclasses.replace(cfg, task=task.name, model_overrides=dict(cfg.model_overrides))
+    for key, value in {**DEFAULTS, **RECIPES[task.name]}.items():
         if getattr(out, key) is None:
             setattr(out, key, value)
     if out.preset is None and out.init is None:
         out.preset = f"{task}-r50"
     if out.aux not in AUX_CHOICES:
         raise AvsegError(f"--aux must be one of {', '.join(AUX_CHOICES)}, got {out.aux!r}")
-    if out.loss not in LOSS_TYPES[task]:
-        raise AvsegError(f"--loss {out.loss} does not fit task {task}; use {' or '.join(LOSS_TYPES[task])}")
+    if out.loss not in LOSS_TYPES[task.name]:
+        raise AvsegError(f"--loss {out.loss} does not fit task {task}; use {' or '.join(LOSS_TYPES[task.name])}")
     if out.train_masks not in ("first", "all"):
         raise AvsegError(f"--train-masks must be first or all, got {out.train_masks!r}")
     if out.lr_schedule not in LR_SCHEDULES:
@@ -190,8 +196,6 @@ def _merge(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def base_model_config(preset_name: str) -> dict[str, Any]:
     """A preset by name, or a JSON model config file (the ``avseg_config`` of a checkpoint)."""
-    from avsegcli.build import PRESETS, preset
-
     if preset_name in PRESETS:
         return preset(preset_name)
     path = Path(preset_name)
@@ -216,12 +220,49 @@ def model_config(cfg: TrainConfig, base: dict[str, Any] | None = None) -> dict[s
     if cfg.image_size is not None:
         mc["image_size"] = int(cfg.image_size)
     classes = int(mc["head"]["num_classes"])
-    if classes != NUM_CLASSES[task]:
+    if classes != task.num_classes:
         name = mc.get("name", cfg.preset or cfg.init)
-        raise AvsegError(f"model {name} has {classes} output class(es) but task {task} needs {NUM_CLASSES[task]} "
-                         f"({'semantic' if task == 'avss' else 'binary'} masks); use a preset made for it, e.g. {task}-r50")
+        raise AvsegError(f"model {name} has {classes} output class(es) but task {task} needs {task.num_classes} "
+                         f"({'semantic' if task.semantic else 'binary'} masks); use a preset made for it, e.g. {task}-r50")
     if int(mc.get("image_size", 32)) % 32:
         raise AvsegError(f"image size {mc['image_size']} is not a multiple of 32")
-    mc["task"] = task
-    mc["frames_per_clip"] = 10 if task == "avss" else 5
+    mc["task"] = task.name
+    mc["frames_per_clip"] = task.frames_per_clip
     return mc
+
+
+def prepare(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any], bool]:
+    """Resolve the options (the recipe, or the saved run on resume) and the model config; checks the cheap things
+    first (task, preset, classes, data folder) so mistakes fail before anything is loaded."""
+    if config.resume:
+        run_dir = Path(config.resume)
+        if not run_dir.is_dir():
+            raise AvsegError("no such run folder to resume", path=run_dir)
+        saved = load_saved_config(run_dir)
+        cfg = merge_for_resume(saved["train"], config, run_dir)
+        mcfg = saved["model"]
+    else:
+        cfg = resolve(config)
+        if not cfg.out:
+            raise AvsegError("--out RUN_DIR is required (where checkpoints and the log go)")
+        check_fresh_run_dir(Path(cfg.out))
+        base = init_checkpoint_config(cfg.init) if (cfg.init and cfg.preset is None) else None
+        mcfg = model_config(cfg, base)
+    if not cfg.data:
+        raise AvsegError("--data is required (the AVSBench root folder)")
+    if not Path(cfg.data).is_dir():
+        raise AvsegError("dataset root not found (expected the AVSBench folder)", path=cfg.data)
+    assert mcfg is not None
+    return cfg, mcfg, bool(config.resume)
+
+
+def lr_at(step: int, total: int, lr: float, schedule: str, warmup: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of ``total`` (all epochs): linear warm-up over
+    ``warmup`` steps, then ``lr`` (constant) or a half cosine from ``lr`` to 0 at ``total`` (cosine). A function
+    of the step alone, so resuming needs no scheduler state, and ``--max-steps`` (a stop) leaves it unchanged."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "cosine" and total > warmup:
+        return 0.5 * lr * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
+    return lr
+

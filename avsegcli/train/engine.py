@@ -9,14 +9,13 @@ several processes (``torchrun``).
 One optimiser step = one global batch of ``batch_size`` clips (``[B*T,...]`` frames, see
 :mod:`avsegcli.train.data`), split evenly over the processes. Losses: :mod:`avsegcli.losses`. Files in the run
 folder: ``config.json``, ``last.safetensors``, ``best.safetensors`` (best validation mIoU), ``state.pt``,
-``log.jsonl`` (:mod:`avsegcli.train.state`); only process 0 writes them.
+``log.jsonl`` (:mod:`avsegcli.train.state`); only process 0 writes them. Validation: :mod:`avsegcli.train.validate`;
+the checkpoint pair and its resume check: :mod:`avsegcli.train.checkpoint`.
 """
 
 from __future__ import annotations
 
 import gc
-import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -24,25 +23,28 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from avsegcli.inference import precision as precision_modes
 from avsegcli.build import build_model
+from avsegcli.data import make_dataset
 from avsegcli.errors import AvsegError
+from avsegcli.inference import precision as precision_modes
 from avsegcli.inference.feed import device_guard
 from avsegcli.losses import SegmentationLoss
-from avsegcli.eval.metrics import BinaryMetrics, SemanticMetrics
 from avsegcli.modeling import AVSegFormer
+from avsegcli.tasks import S4
 from avsegcli.train import dist
-from avsegcli.train.config import TrainConfig, load_saved_config, merge_for_resume, model_config, resolve
-from avsegcli.train.data import (epoch_batches, make_loader, rank_share, sequential_batches, steps_per_epoch,
-                                 to_device)
-from avsegcli.train.init_weights import init_checkpoint_config, initialise, strict_load
-from avsegcli.train.state import (BEST, LAST, JsonlLog, capture_rng, check_fresh_run_dir, load_state, restore_rng,
-                                  save_state, seed_everything, write_run_config)
+from avsegcli.train.checkpoint import checkpoint_meta, data_order, load_resume_state, save_last
+from avsegcli.train.config import TrainConfig, check_task, lr_at, prepare
+from avsegcli.train.data import epoch_batches, make_loader, rank_share, steps_per_epoch, to_device
+from avsegcli.train.init_weights import initialise, strict_load
+from avsegcli.train.negatives import NegativeAudioClips, NegativeSampler
+from avsegcli.train.state import (BEST, LAST, JsonlLog, capture_rng, check_fresh_run_dir, restore_rng, seed_everything,
+                                  write_run_config)
+from avsegcli.train.validate import AMP_DTYPES, evaluate, mixed_precision, validation_due
 from avsegcli.weights import INTERMEDIATE_ONLY, save_checkpoint
-
-AMP_DTYPES = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainProgress(Protocol):
@@ -79,50 +81,6 @@ def train(config: TrainConfig, progress: TrainProgress | None = None) -> TrainRe
         dist.cleanup(info)
 
 
-def prepare(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any], bool]:
-    """Resolve the options (the recipe, or the saved run on resume) and the model config; checks the cheap things
-    first (task, preset, classes, data folder) so mistakes fail before anything is loaded."""
-    if config.resume:
-        run_dir = Path(config.resume)
-        if not run_dir.is_dir():
-            raise AvsegError("no such run folder to resume", path=run_dir)
-        saved = load_saved_config(run_dir)
-        cfg = merge_for_resume(saved["train"], config, run_dir)
-        mcfg = saved["model"]
-    else:
-        cfg = resolve(config)
-        if not cfg.out:
-            raise AvsegError("--out RUN_DIR is required (where checkpoints and the log go)")
-        check_fresh_run_dir(Path(cfg.out))
-        base = init_checkpoint_config(cfg.init) if (cfg.init and cfg.preset is None) else None
-        mcfg = model_config(cfg, base)
-    if not cfg.data:
-        raise AvsegError("--data is required (the AVSBench root folder)")
-    if not Path(cfg.data).is_dir():
-        raise AvsegError("dataset root not found (expected the AVSBench folder)", path=cfg.data)
-    assert mcfg is not None
-    return cfg, mcfg, bool(config.resume)
-
-
-def lr_at(step: int, total: int, lr: float, schedule: str, warmup: int) -> float:
-    """Learning rate of optimiser step ``step`` (0-based) of ``total`` (all epochs): linear warm-up over
-    ``warmup`` steps, then ``lr`` (constant) or a half cosine from ``lr`` to 0 at ``total`` (cosine). A function
-    of the step alone, so resuming needs no scheduler state, and ``--max-steps`` (a stop) leaves it unchanged."""
-    if warmup and step < warmup:
-        return lr * (step + 1) / warmup
-    if schedule == "cosine" and total > warmup:
-        return 0.5 * lr * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
-    return lr
-
-
-def _checkpoint_step(path: Path) -> int:
-    """The ``avseg_train_step`` metadata of a checkpoint written by the engine (-1 when absent)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return int((f.metadata() or {}).get("avseg_train_step", -1))
-
-
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(flag)
@@ -134,7 +92,7 @@ class _Trainer:
         self.cfg, self.model_cfg, self.resuming, self.info, self.progress = cfg, model_cfg, resuming, info, progress
         self.run_dir = Path(str(cfg.out))
         self.device = info.device
-        self.task = str(cfg.task)
+        self.task = check_task(cfg.task)
         self.amp_dtype = AMP_DTYPES[str(cfg.precision)]
         if cfg.precision in ("fp16", "tf32") and self.device.type != "cuda":
             raise AvsegError(f"--precision {cfg.precision} needs a CUDA device (use fp32 or bf16 on the CPU)")
@@ -146,10 +104,8 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------------------ setup
     def _datasets(self) -> None:
-        from avsegcli.data import make_dataset
-
         cfg, size = self.cfg, int(self.model_cfg["image_size"])
-        extra = {"train_masks": cfg.train_masks} if self.task == "s4" and cfg.train_masks else {}
+        extra = {"train_masks": cfg.train_masks} if self.task == S4 and cfg.train_masks else {}
         self.train_ds = make_dataset(self.task, str(cfg.data), "train", image_size=size, **extra)
         self.num_clips = len(self.train_ds)
         gb = int(cfg.batch_size or 1)
@@ -161,8 +117,6 @@ class _Trainer:
         self.val_ds = make_dataset(self.task, str(cfg.data), "val", image_size=size) if cfg.val_every else None
         self.negatives = None
         if cfg.negative_audio:
-            from avsegcli.train.negatives import NegativeAudioClips, NegativeSampler
-
             self.negatives = NegativeSampler(self.train_ds, float(cfg.negative_audio), int(cfg.seed or 0))
             if cfg.loss == "dice":
                 self.warnings.append("--negative-audio with --loss dice: the released dice loss is exactly 1 on an "
@@ -175,8 +129,6 @@ class _Trainer:
         seed_everything(int(cfg.seed or 0))
         model = build_model(self.model_cfg)
         if self.resuming:
-            from safetensors.torch import load_file
-
             strict_load(model, load_file(str(self.run_dir / LAST)), self.run_dir / LAST, "the run's model")
         else:
             self.warnings += initialise(model, init=cfg.init, backbone_weights=cfg.backbone_weights,
@@ -200,15 +152,8 @@ class _Trainer:
 
     def _restore_or_start(self) -> None:
         cfg, info = self.cfg, self.info
-        order = {"seed": int(cfg.seed or 0), "clips": self.num_clips, "batch_size": int(cfg.batch_size or 1)}
         if self.resuming:
-            st = load_state(self.run_dir)
-            if st.get("data_order") != order:
-                raise AvsegError(f"the data order changed since the run was saved ({st.get('data_order')} vs {order}): "
-                                 "same train split and batch size needed to resume", path=self.run_dir)
-            if _checkpoint_step(self.run_dir / LAST) != int(st["step"]):
-                raise AvsegError(f"{LAST} (step {_checkpoint_step(self.run_dir / LAST)}) and state.pt (step {st['step']}) "
-                                 "disagree: the run stopped while saving; cannot resume exactly", path=self.run_dir)
+            st = load_resume_state(self.run_dir, self._data_order())
             self.optimizer.load_state_dict(st["optimizer"])
             if st.get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(st["scaler"])
@@ -283,8 +228,6 @@ class _Trainer:
         if not self.info.enabled or frozen == self.net_frozen:
             self.net_frozen = frozen
             return
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         self.net = self.model
         gc.collect()  # the previous wrapper's gradient hooks go with it
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -294,10 +237,10 @@ class _Trainer:
     def _train_step(self, batch: dict[str, Any]) -> None:
         cfg, info = self.cfg, self.info
         b = to_device(batch, self.device)
-        supervised = b["gt_valid"] if self.task == "avss" else b["mask_valid"]
+        supervised = b["gt_valid"] if self.task.semantic else b["mask_valid"]
         count = dist.all_reduce_sum(supervised.sum().to(torch.float64), info).item()
         denom = max(count, 1.0) / info.world  # DDP averages gradients: sum over all frames / global count
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with mixed_precision(self.device, self.amp_dtype):
             out = self.net(b["frames"], b["log_mel"], frame_valid=b["frame_valid"],
                            return_intermediate=self.criterion.needs_intermediate)
         terms = self.criterion(out, b["masks"], supervised, denom)
@@ -351,8 +294,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------------------ validation
     def _validation_due(self, epoch: int) -> bool:
-        every, start = int(self.cfg.val_every or 0), int(self.cfg.val_start or 0)
-        return self.val_ds is not None and every > 0 and epoch >= start and (epoch - start) % every == 0
+        return self.val_ds is not None and validation_due(epoch, int(self.cfg.val_every or 0), int(self.cfg.val_start or 0))
 
     def _validate(self, epoch: int) -> None:
         if self.info.is_main:
@@ -365,49 +307,30 @@ class _Trainer:
                         "seconds": round(self._elapsed(), 3)})
         self.best = dist.broadcast_object(self.best, self.info)
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Official-protocol mIoU and F-score of the model on the validation split (``val_batch`` clips a batch)."""
         assert self.val_ds is not None
-        model, semantic = self.model, self.task == "avss"
-        metric: BinaryMetrics | SemanticMetrics = SemanticMetrics(model.num_classes, "official") if semantic \
-            else BinaryMetrics("official")
-        batches = sequential_batches(len(self.val_ds), int(self.cfg.val_batch or 1))
-        loader = make_loader(self.val_ds, batches, num_workers=int(self.cfg.num_workers or 0), seed=0)
-        model.eval()
-        try:
-            for batch in loader:
-                b = to_device(batch, self.device)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
-                    logits = model(b["frames"], b["log_mel"], frame_valid=b["frame_valid"])["pred_masks"]
-                logits = logits.float().cpu()
-                metric.update(logits if semantic else logits[:, 0], batch["masks"], valid=batch["mask_valid"])
-        finally:
-            model.train()
-        res = metric.compute()
-        return {"miou": float(res["miou"]), "fscore": float(res["fscore"])}
+        return evaluate(self.model, self.val_ds, self.task, self.device, self.amp_dtype, int(self.cfg.val_batch or 1),
+                        int(self.cfg.num_workers or 0))
 
     # ------------------------------------------------------------------------------------------------ saving
     def _meta(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {"avseg_train_step": str(self.step), "avseg_train_epoch": str(self.epoch),
-                "avseg_train_task": self.task, **(extra or {})}
+        return checkpoint_meta(self.step, self.epoch, self.task, extra)
+
+    def _data_order(self) -> dict[str, int]:
+        return data_order(int(self.cfg.seed or 0), self.num_clips, int(self.cfg.batch_size or 1))
 
     def _save(self) -> None:
-        """``last.safetensors`` and ``state.pt`` (every process's RNG state gathered to process 0). The checkpoint is
-        written in full under a side name and renamed only after ``state.pt`` is complete, so a kill at any point
-        leaves the two naming the same step (except between the two renames, which the resume guard reports)."""
+        """``last.safetensors`` and ``state.pt`` as one pair (:func:`~avsegcli.train.checkpoint.save_last`), every
+        process's RNG state gathered to process 0."""
         rngs = dist.gather_objects(capture_rng(), self.info)
         if self.info.is_main:
-            pending = save_checkpoint(self.model, self.run_dir / (LAST + ".pending"), self._meta())
-            save_state(self.run_dir, {
+            save_last(self.run_dir, self.model, self._meta(), lambda: {
                 "step": self.step, "epoch": self.epoch, "batch": self.batch,
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "scheduler": None, "rng": rngs, "best": self.best, "elapsed": self._elapsed(),
                 "world_size": self.info.world, "negative_clips": self.negative_clips,
-                "data_order": {"seed": int(self.cfg.seed or 0), "clips": self.num_clips,
-                               "batch_size": int(self.cfg.batch_size or 1)},
+                "data_order": self._data_order(),
             })
-            os.replace(pending, self.run_dir / LAST)
         dist.barrier(self.info)

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from avsegcli.data.negatives import CONDITIONS, clip_categories, offscreen_pairs
-from avsegcli.media.signals import clip_seed, condition_log_mel, loop_examples
+from avsegcli.data.negatives import CONDITIONS, clip_categories, negative_log_mel, offscreen_pairs
+from avsegcli.media.signals import clip_seed
 
 #: a batch entry: a clip index (positive) or ``(index, kind, donor index, epoch)`` (negative)
 Key = int | tuple[int, str, int, int]
@@ -31,13 +31,12 @@ class NegativeAudioClips(Dataset):
 
     def __init__(self, ds: Any, seed: int) -> None:
         self.ds, self.seed = ds, int(seed)
-        self.semantic = getattr(ds, "task", "") == "avss"
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getattr__(self, name: str) -> Any:  # clip_info, names, task, root... of the wrapped reader
-        if name in ("ds", "seed", "semantic"):
+        if name in ("ds", "seed"):
             raise AttributeError(name)
         return getattr(self.ds, name)
 
@@ -46,21 +45,7 @@ class NegativeAudioClips(Dataset):
             return {**self.ds[int(key)], "negative": False}
         index, kind, donor, epoch = key
         item = dict(self.ds[int(index)])
-        t = int(item["frame_valid"].shape[0])
-        real = int(item["frame_valid"].sum())
-        if kind == "offscreen":
-            info = self.ds.clip_info(int(donor))
-            if self.semantic:
-                from avsegcli.data.avss import FRAMES_PER_SUBSET
-
-                mel = loop_examples(self.ds.load_log_mel(info.audio_path), t, FRAMES_PER_SUBSET[info.subset])
-            else:
-                from avsegcli.data.avsbench import load_log_mel_pickle
-
-                mel = load_log_mel_pickle(info.audio_path, t)
-        else:
-            mel = loop_examples(condition_log_mel(kind, real, item["name"], self.seed, int(epoch)), t, real)
-        item["log_mel"] = mel
+        item["log_mel"] = negative_log_mel(self.ds, item, kind, self.seed, int(epoch), donor=int(donor))
         item["masks"] = torch.zeros_like(item["masks"])
         item["negative"] = True
         return item
