@@ -149,17 +149,8 @@ class AVSegFormer(nn.Module):
                 out["intermediate_masks"] = [m * flag for m in out["intermediate_masks"]]
         return out
 
-    def forward_fast(
-        self,
-        frames: Tensor,
-        log_mel: Tensor | None = None,
-        *,
-        audio_embedding: Tensor | None = None,
-        frame_valid: Tensor | None = None,
-        return_intermediate: bool = False,
-    ) -> dict[str, Any]:
+    def forward_fast(self, frames: Tensor, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """:meth:`forward` (same arguments and outputs) on the frames in channels_last memory, the layout of the
         fast path's weights; the modules below run their own fast variants."""
-        return AVSegFormer.forward(self, frames.contiguous(memory_format=torch.channels_last), log_mel,
-                                   audio_embedding=audio_embedding, frame_valid=frame_valid,
-                                   return_intermediate=return_intermediate)
+        # the class's forward: on a fast model, the instance's `forward` is this method (avsegcli.modeling.impl)
+        return AVSegFormer.forward(self, frames.contiguous(memory_format=torch.channels_last), *args, **kwargs)
