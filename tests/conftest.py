@@ -50,3 +50,13 @@ def run_cli(*args: str, timeout: float = 600, cwd: str | Path | None = None, env
     """Run ``avseg ARGS`` as a user would (a separate process), capturing output."""
     return subprocess.run([sys.executable, "-m", "avsegcli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
+
+
+def legacy_flags() -> dict[str, object]:
+    """torch's legacy TF32 switches and the float32 matmul precision, as a caller reads them (raises
+    RuntimeError when the process mixed the legacy and new APIs): what no avseg command may change."""
+    import torch
+
+    return {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}

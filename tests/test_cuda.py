@@ -50,7 +50,7 @@ from avsegcli.run.local import run_videos
 from avsegcli.train import TrainConfig
 from avsegcli.train.state import load_state, read_log
 from avsegcli.weights import save_checkpoint
-from conftest import REPO
+from conftest import REPO, legacy_flags as _legacy
 from media_gen import make_video
 
 pytestmark = [
@@ -77,17 +77,6 @@ def sign_agreement(ref: torch.Tensor, got: torch.Tensor) -> float:
     ref, got = ref.float().cpu(), got.float().cpu()
     keep = ref.abs() > 0.01 * ref.abs().max()
     return float(((ref > 0) == (got > 0))[keep].float().mean())
-
-
-LEGACY = {
-    "cudnn.allow_tf32": lambda: torch.backends.cudnn.allow_tf32,
-    "cuda.matmul.allow_tf32": lambda: torch.backends.cuda.matmul.allow_tf32,
-    "float32_matmul_precision": torch.get_float32_matmul_precision,
-}
-
-
-def _legacy() -> dict[str, object]:
-    return {k: f() for k, f in LEGACY.items()}  # raises RuntimeError on mixed legacy/new flags
 
 
 @pytest.fixture(scope="module")

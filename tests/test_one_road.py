@@ -35,7 +35,7 @@ from avsegcli.data import write_fake_avsbench
 from avsegcli.eval.evaluate import evaluate
 from avsegcli.inference.predictor import Predictor
 from avsegcli.weights import save_checkpoint
-from conftest import run_cli
+from conftest import legacy_flags as _legacy, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -227,17 +227,6 @@ def test_model_runs_under_cpu_autocast(dtype, impl, ckpts):
             got = model(frames, log_mel)["pred_masks"]
     worst, _ = _rel(expected, got.float())
     assert worst <= 0.1, worst
-
-
-LEGACY = {
-    "cudnn.allow_tf32": lambda: torch.backends.cudnn.allow_tf32,
-    "cuda.matmul.allow_tf32": lambda: torch.backends.cuda.matmul.allow_tf32,
-    "float32_matmul_precision": torch.get_float32_matmul_precision,
-}
-
-
-def _legacy() -> dict[str, object]:
-    return {k: f() for k, f in LEGACY.items()}  # raises RuntimeError on mixed legacy/new flags
 
 
 def test_precision_scope_restores_every_flag():
