@@ -22,6 +22,11 @@ class CheckpointError(AvsegError):
     """A checkpoint file that cannot be read or does not fit the model."""
 
 
+class DownloadError(AvsegError):
+    """A named weights file that cannot be fetched or trusted (network, HTTP status, hash, cache folder): one line
+    that names the manual route (the URL to open, where to put the file, or ``--weights PATH``)."""
+
+
 class MediaError(AvsegError):
     """A media file that cannot be probed or decoded: ``path`` and a one-line ``reason``."""
 

@@ -21,33 +21,13 @@ from torch import Tensor
 
 from avsegcli.build import Config, build_model, preset
 from avsegcli.errors import CheckpointError
+from avsegcli.hub import RELEASED, ReleasedCheckpoint, resolve_weights  # noqa: F401  (RELEASED: re-exported)
 from avsegcli.modeling import AVSegFormer
 from avsegcli.tasks import AVSS, MS3, S4
 
 FORMAT_KEY = "avseg_format"
 FORMAT_VERSION = "1"
 CONFIG_KEY = "avseg_config"
-
-
-@dataclass(frozen=True)
-class ReleasedCheckpoint:
-    """One of the authors' six released checkpoints (AVSegFormer README, Google Drive)."""
-
-    filename: str
-    preset: str
-    official_config: str
-    miou: float
-    fscore: float
-
-
-RELEASED: tuple[ReleasedCheckpoint, ...] = (
-    ReleasedCheckpoint("AVSegFormer_res50_s4.pth", "s4-r50", "config/s4/AVSegFormer_res50_s4.py", 76.38, 86.7),
-    ReleasedCheckpoint("AVSegFormer_pvt2_s4.pth", "s4-pvt2", "config/s4/AVSegFormer_pvt2_s4.py", 83.06, 90.5),
-    ReleasedCheckpoint("AVSegFormer_res50_ms3.pth", "ms3-r50", "config/ms3/AVSegFormer_res50_ms3.py", 53.81, 65.6),
-    ReleasedCheckpoint("AVSegFormer_pvt2_ms3.pth", "ms3-pvt2", "config/ms3/AVSegFormer_pvt2_ms3.py", 61.33, 73.0),
-    ReleasedCheckpoint("AVSegFormer_res50_avss.pth", "avss-r50", "config/avss/AVSegFormer_res50_avss.py", 26.58, 31.5),
-    ReleasedCheckpoint("AVSegFormer_pvt2_avss.pth", "avss-pvt2", "config/avss/AVSegFormer_pvt2_avss.py", 37.31, 42.8),
-)
 
 
 def _stage(prefix: str, offset: int = -1) -> Callable[[re.Match[str]], str]:
@@ -213,8 +193,9 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def read_checkpoint(path: str | Path) -> tuple[AVSegFormer, LoadReport]:
-    """Load any supported checkpoint into a model on the CPU, strictly; returns the model and a report."""
-    path = Path(path)
+    """Load any supported checkpoint into a model on the CPU, strictly; returns the model and a report. ``path``:
+    a file, or a registry name (``"s4-pvt2"``: the cached file, downloaded first when missing; see avsegcli.hub)."""
+    path = resolve_weights(path)
     if not path.is_file():
         raise CheckpointError("no such checkpoint file", path=path)
     if path.stat().st_size == 0:
@@ -235,7 +216,7 @@ def read_checkpoint(path: str | Path) -> tuple[AVSegFormer, LoadReport]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", impl: str = "fast") -> AVSegFormer:
-    """An official ``.pth`` or one of ours -> the model in eval mode on ``device``. ``impl``: ``"fast"`` (default;
+    """An official ``.pth``, one of ours, or a registry name (``"s4-pvt2"``, fetched once into the cache) -> the model in eval mode on ``device``. ``impl``: ``"fast"`` (default;
     the same function within float rounding, see :meth:`AVSegFormer.set_impl`) or ``"reference"`` (the released
     arithmetic, op for op)."""
     model, _ = read_checkpoint(path)
@@ -259,7 +240,8 @@ def save_checkpoint(model: AVSegFormer, path: str | Path, extra_metadata: dict[s
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
-    """What ``avseg weights info`` prints: preset, classes, value counts, sha256."""
+    """What ``avseg weights info`` prints: preset, classes, value counts, sha256 (``path``: a file or a name)."""
+    path = resolve_weights(path)
     model, report = read_checkpoint(path)
     cfg = report.config
     return {

@@ -27,6 +27,22 @@ _VERBOSE_HELP = "More detail on stderr (model, inputs, decisions; tracebacks on 
 _QUIET_HELP = "No progress display and no table (errors still print)."
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help=_VERBOSE_HELP)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help=_QUIET_HELP)]
+_OFFLINE_HELP = "Never touch the network: a weights name must already be in the cache (also AVSEG_OFFLINE=1)."
+Offline = Annotated[bool, typer.Option("--offline", help=_OFFLINE_HELP)]
+WEIGHTS_NAMES = "a name from `avseg weights list` (fetched once into the cache)"
+
+
+def offline_in_panel(panel: str) -> type:
+    """:data:`Offline` listed under the help panel ``panel``."""
+    return Annotated[bool, typer.Option("--offline", help=_OFFLINE_HELP, rich_help_panel=panel)]
+
+
+def set_offline(offline: bool) -> None:
+    """``--offline``: this process and its children fetch nothing (``AVSEG_OFFLINE=1``)."""
+    if offline:
+        from avsegcli.hub.resolve import set_offline as hub_offline
+
+        hub_offline(True)
 
 
 def verbosity_in_panel(panel: str) -> tuple[type, type]:
@@ -46,6 +62,10 @@ def set_verbosity(verbose: bool, quiet: bool) -> int:
     if verbose and quiet:
         raise AvsegError("--verbose and --quiet contradict each other: give one")
     _LEVEL["level"] = 1 if verbose else (-1 if quiet else 0)
+    if quiet:  # no download bar either
+        from avsegcli.hub.download import show_progress_bars
+
+        show_progress_bars(False)
     return _LEVEL["level"]
 
 

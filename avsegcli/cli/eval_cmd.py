@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from avsegcli.cli.common import Quiet, Verbose, detail, set_verbosity
+from avsegcli.cli.common import WEIGHTS_NAMES, Offline, Quiet, Verbose, detail, set_offline, set_verbosity
 from avsegcli.tasks import task_of
 
 
@@ -113,7 +113,7 @@ def evaluate(
     task: str = typer.Option(..., "--task", "-t", help="s4, ms3 or avss."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="AVSBench root (holds Single-source/, Multi-sources/, AVSS/). Default: $AVSBENCH_ROOT, else ./data."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint to run over the split (default: the bundled model, when neither --weights nor --pred is given)."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", metavar="PATH|NAME", help="Checkpoint to run over the split: PATH or NAME, " + WEIGHTS_NAMES + " (default: the bundled model, when neither --weights nor --pred is given)."),
     pred: Optional[Path] = typer.Option(None, "--pred", help="Score saved masks instead: the benchmark's layout or `avseg run` output folders."),
     protocol: str = typer.Option("both", "--protocol", help="official (the paper's numbers), per-frame (batch independent) or both."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Clips per batch (default 2 for S4/MS3 = the official 10 frames, 4 for AVSS)."),
@@ -128,6 +128,7 @@ def evaluate(
     negative_audio: Optional[str] = typer.Option(None, "--negative-audio", help="Also score the clips with their audio replaced (comma list of silence, noise, offscreen) against empty ground truth: false-positive rate per condition, g_miou, g_fscore. With --pred: each condition's masks in DIR/<condition>/."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise and of the offscreen pairing (--negative-audio)."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG plots into this folder: F-measure curve over the 255 thresholds (S4/MS3), IoU per category/clip/class (sorted), per-frame IoU histogram, FPR per --negative-audio condition."),
+    offline: Offline = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -140,6 +141,7 @@ def evaluate(
                        limit=limit, image_size=image_size, workers=workers, forward_batch=forward_batch,
                        negative_audio=negative_audio, seed=seed, plots=plots, quiet=quiet, verbose=verbose)
     set_verbosity(opts.verbose, opts.quiet)
+    set_offline(offline)
     silent = opts.quiet or opts.to_stdout
     res = evaluate_options(opts, display=None if silent else lambda: _progress_bar(f"{opts.task} {opts.split} clips"), note=detail)
     text = json.dumps(res, indent=1)

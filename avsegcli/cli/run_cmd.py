@@ -20,13 +20,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from avsegcli.cli.common import detail, set_verbosity, verbosity_in_panel
+from avsegcli.cli.common import WEIGHTS_NAMES, detail, offline_in_panel, set_offline, set_verbosity, verbosity_in_panel
 from avsegcli.cli.run_ray import RichRayProgress
 from avsegcli.errors import AvsegError, os_reason
 
 #: help panels of ``avseg run --help``, after the arguments and the first options (what a first run needs)
 INPUT, MODEL, OUTPUT, DISPLAY, CLUSTER = "Input", "Model and precision", "Output", "Display", "Cluster (Ray)"
 VerboseHere, QuietHere = verbosity_in_panel(DISPLAY)
+OfflineHere = offline_in_panel(MODEL)
 
 
 class _RichProgress:
@@ -123,7 +124,7 @@ def _report(results, out: Path, frames: int, seconds: float, summary_path: Path 
 def run(
     inputs: list[str] = typer.Argument(..., help="Video files, folders (searched recursively) or @list.txt files."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one subfolder of masks per video."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Checkpoint (.pth of the authors or our .safetensors). Default: the bundled model in weights/."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", metavar="PATH|NAME", help="Checkpoint: PATH (.pth of the authors or our .safetensors) or NAME, " + WEIGHTS_NAMES + ", e.g. s4-pvt2. Default: the bundled model in weights/."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     fps: float = typer.Option(1.0, "--fps", help="Frames per second to segment (1 = the benchmark's rate; 0 = every frame)."),
     fmt: str = typer.Option("png", "--format", help="png (one image per frame), npz (one array per video), rle (masks.json: COCO RLE, YouTube-VIS-like) or all."),
@@ -136,6 +137,7 @@ def run(
     impl: str = typer.Option("fast", "--impl", help="fast (default) or reference (the authors' arithmetic, op for op; same masks within float rounding).", rich_help_panel=MODEL),
     compile_model: bool = typer.Option(False, "--compile", help="Run the model through torch.compile (pays a compile time at start; see README).", rich_help_panel=MODEL),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Frames per forward pass, across videos.", rich_help_panel=MODEL),
+    offline: OfflineHere = False,
     save_probs: bool = typer.Option(False, "--save-probs", help="With --format npz (or all): also store probabilities.", rich_help_panel=OUTPUT),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that already have a finished output.", rich_help_panel=OUTPUT),
     render: bool = typer.Option(False, "--render", help="Also draw each finished video's masks over it: DIR/<stem>/overlay.mp4 (as avseg render).", rich_help_panel=OUTPUT),
@@ -161,6 +163,7 @@ def run(
                       fmt=fmt, save_probs=save_probs, overwrite=overwrite, render=render, sheet=sheet, quiet=quiet,
                       verbose=verbose, json=as_json, cluster=cluster)
     set_verbosity(opts.verbose, opts.quiet)
+    set_offline(offline)
     if opts.verbose:  # decode workers keep their stderr (normally /dev/null: native decoder noise)
         os.environ.setdefault("AVSEG_WORKER_STDERR", "1")
     console = Console(stderr=True)

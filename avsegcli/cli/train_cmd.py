@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from avsegcli.cli.common import Quiet, Verbose, set_verbosity
+from avsegcli.cli.common import WEIGHTS_NAMES, Offline, Quiet, Verbose, set_offline, set_verbosity
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -93,9 +93,10 @@ def train(
     log_every: Optional[int] = typer.Option(None, "--log-every", help="Log every N steps to log.jsonl. Default: released (50; AVSS 20)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes per process. Default 4."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu, cuda or cuda:N."),
-    backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help="ImageNet .pth: torchvision ResNet-50 or the PVTv2-B5 authors' file."),
-    vggish_weights: Optional[Path] = typer.Option(None, "--vggish-weights", help="vggish-10086976.pth."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Fine-tune from a whole checkpoint (ours or the authors' .pth)."),
+    backbone_weights: Optional[str] = typer.Option(None, "--backbone-weights", metavar="PATH|NAME", help="ImageNet .pth: torchvision ResNet-50 or the PVTv2-B5 authors' file; PATH or NAME (resnet50, pvt2-b5: fetched once into the cache)."),
+    vggish_weights: Optional[str] = typer.Option(None, "--vggish-weights", metavar="PATH|NAME", help="vggish-10086976.pth: PATH or the NAME vggish (fetched once into the cache)."),
+    init: Optional[str] = typer.Option(None, "--init", metavar="PATH|NAME", help="Fine-tune from a whole checkpoint (ours or the authors' .pth): PATH or NAME, " + WEIGHTS_NAMES + "."),
+    offline: Offline = False,
     train_vggish: Optional[bool] = typer.Option(None, "--train-vggish/--freeze-vggish", help="Train VGGish too (frozen by default, as released)."),
     train_masks: Optional[str] = typer.Option(None, "--train-masks", help="S4 train split: first (the benchmark's one annotated frame per clip) or all (every mask file present, e.g. avseg synth data)."),
     negative_audio: Optional[float] = typer.Option(None, "--negative-audio", help="Probability that a training clip hears negative audio (silence, noise or another train clip's off-screen sound) with an all-empty target. Default 0."),
@@ -106,6 +107,7 @@ def train(
 ) -> None:
     """Train AVSegFormer on AVSBench with the released recipe (resumable; several GPUs with torchrun)."""
     set_verbosity(verbose, quiet)
+    set_offline(offline)
     from avsegcli.train.engine import train as run_training
     from avsegcli.train import TrainConfig
 

@@ -1,4 +1,4 @@
-"""``avseg weights``: inspect and convert checkpoints."""
+"""``avseg weights``: the named weights (list, get) and checkpoint files (info, convert)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from avsegcli.cli.common import Quiet, Verbose, detail, set_verbosity
+from avsegcli.cli.common import Offline, Quiet, Verbose, detail, set_offline, set_verbosity
 
-app = typer.Typer(help="Inspect and convert checkpoints (the authors' .pth files or ours).", no_args_is_help=True)
+app = typer.Typer(help="Named weights (list, get: fetched once into a cache) and checkpoint files (info, convert).", no_args_is_help=True)
 
 
 @app.command("info")
 def info(
-    path: Path = typer.Argument(..., help="A checkpoint: the authors' .pth or our .safetensors."),
+    path: str = typer.Argument(..., metavar="PATH|NAME", help="A checkpoint: the authors' .pth, our .safetensors, or a name from `avseg weights list` (fetched first unless cached)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    offline: Offline = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -25,6 +26,7 @@ def info(
     from avsegcli.weights import checkpoint_info
 
     set_verbosity(verbose, quiet)
+    set_offline(offline)
     data = checkpoint_info(path)
     if as_json:
         print(json.dumps(data, indent=2))
@@ -32,7 +34,7 @@ def info(
     if quiet:  # the check ran (a bad file is still an error); nothing to show
         return
     detail(json.dumps(data, indent=2))
-    table = Table(title=str(path), show_header=False)
+    table = Table(title=data["path"], show_header=False)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
     rows = [
@@ -74,3 +76,53 @@ def convert(
         return
     Console().print(f"wrote {dst} (preset {report.config['name']}, {report.values_loaded / 1e6:.1f} M values, "
                     f"{len(report.unused)} unused tensors dropped, sha256 {sha256sum(dst)[:16]})")
+
+
+def _size(n: int | None) -> str:
+    return "" if n is None else f"{n / 1e6:.1f} MB"
+
+
+@app.command("list")
+def list_weights(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """The named weights: task, backbone, input size, the authors' mIoU and F, and what is in the cache."""
+    from avsegcli.hub.cache import weights_dir
+    from avsegcli.hub.resolve import listing
+
+    rows = listing()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"named weights (cache: {weights_dir()})")
+    for col in ("name", "task", "backbone", "input", "mIoU", "F", "size", "cached", "hash", "file (in the cache)"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        table.add_row(r["name"], r["task"] or r["kind"], r["backbone"] or "", r["input_size"],
+                      "" if r["miou"] is None else f"{r['miou']:.2f}", "" if r["fscore"] is None else f"{r['fscore']:.1f}",
+                      _size(r["size"]), "yes" if r["cached"] else "no", r["hash"], r["filename"])
+    Console().print(table)
+
+
+@app.command("get")
+def get_weights(
+    name: str = typer.Argument(..., metavar="NAME|all", help="A name from `avseg weights list`, or all."),
+    offline: Offline = False,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Fetch named weights into the cache ahead of time (for clusters and offline machines); checked by hash."""
+    from avsegcli.hub.resolve import get_many
+
+    set_verbosity(verbose, quiet)
+    set_offline(offline)
+    rows = get_many(name)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if quiet:
+        return
+    for r in rows:
+        Console(highlight=False).print(f"{r['name']}: {'fetched' if r['fetched'] else 'already cached'}, "
+                                       f"{_size(r['size'])}, hash {r['hash']}: {r['path']}", markup=False)

@@ -44,7 +44,7 @@ class EvalOptions:
     task: str | Task  # a name until validate(), then its Task
     data: Path | None = None  # None: $AVSBENCH_ROOT, else ./data
     split: str = "test"
-    weights: Path | None = None  # None (and no pred): the bundled model
+    weights: str | Path | None = None  # None (and no pred): the bundled model; a str may be a registry name
     pred: Path | None = None  # saved masks instead of a model
     # how
     protocol: str = "both"  # official, per-frame or both

@@ -26,6 +26,7 @@ from avsegcli.inference.feed import device_frames, device_guard, logits_to_masks
 from avsegcli.masks.results import FrameMask, VideoMasks
 from avsegcli.media.clip import iter_batches
 from avsegcli.media.override import AudioOverride, parse_audio
+from avsegcli.hub import resolve_weights
 from avsegcli.weights import RELEASED, load_model, sha256sum
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
@@ -40,7 +41,7 @@ def default_weights() -> Path:
         return path
     names = ", ".join(r.filename for r in RELEASED)
     raise CheckpointError(
-        f"no --weights given and no bundled default model at {path}; pass --weights FILE, or put a checkpoint in "
+        f"no --weights given and no bundled default model at {path}; pass --weights FILE or a name (avseg weights list), or put a checkpoint in "
         f"{REPO_WEIGHTS}/ (the authors' released files: {names})"
     )
 
@@ -82,7 +83,7 @@ class Predictor:
             raise AvsegError(f"batch size must be at least 1, got {batch_size}")
         if impl not in ("fast", "reference"):
             raise AvsegError(f"unknown impl {impl!r} (fast or reference)")
-        self.weights = Path(weights) if weights is not None else default_weights()
+        self.weights = resolve_weights(weights) if weights is not None else default_weights()  # a file or a name
         self.device = resolve_device(device)
         self.requested_precision = precision
         self.precision = precision_modes.resolve(precision, self.device)

@@ -59,7 +59,7 @@ class RunOptions:
     audio: str = "original"  # original, silence, noise or a media file
     workers: int | None = None  # decode processes (None: from the cores)
     # model and precision
-    weights: Path | None = None  # None: the bundled model
+    weights: str | Path | None = None  # None: the bundled model; a str may be a registry name (avsegcli.hub)
     device: str = "auto"
     precision: str = "auto"
     impl: str = "fast"

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from avsegcli.errors import CheckpointError
+from avsegcli.hub import resolve_weights
 from avsegcli.modeling import AVSegFormer
 from avsegcli.weights import _read_pth, read_checkpoint, rename_official_key
 
@@ -75,8 +76,9 @@ def backbone_state(state: dict[str, Tensor]) -> tuple[str, dict[str, Tensor]]:
 
 
 def load_backbone_weights(model: AVSegFormer, path: str | Path) -> int:
-    """ImageNet weights into ``model.backbone`` (strict after dropping the classifier); returns values loaded."""
-    path = Path(path)
+    """ImageNet weights into ``model.backbone`` (strict after dropping the classifier); returns values loaded.
+    ``path``: a file or a registry name (``resnet50``, ``pvt2-b5``)."""
+    path = resolve_weights(path, kind="backbone")
     if not path.is_file():
         raise CheckpointError("no such backbone weights file", path=path)
     try:
@@ -92,8 +94,9 @@ def load_backbone_weights(model: AVSegFormer, path: str | Path) -> int:
 
 
 def load_vggish_weights(model: AVSegFormer, path: str | Path) -> int:
-    """``vggish-10086976.pth`` (``features.N.*``, ``embeddings.N.*``; a ``vggish.`` prefix is accepted)."""
-    path = Path(path)
+    """``vggish-10086976.pth`` (``features.N.*``, ``embeddings.N.*``; a ``vggish.`` prefix is accepted), or the
+    registry name ``vggish``."""
+    path = resolve_weights(path, kind="vggish")
     if not path.is_file():
         raise CheckpointError("no such VGGish weights file", path=path)
     state = _read_pth(path)
