@@ -25,7 +25,7 @@ from avsegcli.hub.registry import ReleasedCheckpoint, drive_id, page_url, source
 
 TIMEOUT_ENV = "AVSEG_DOWNLOAD_TIMEOUT"  # seconds to connect and between two reads (default 30)
 ProgressFn = Callable[[int, "int | None"], None]  # (bytes so far, total or None)
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # small reads: a dropped connection loses at most this much of what arrived
 _BAR = {"on": True}  # the process's default: the CLI turns the bar off for --quiet / --json
 
 
