@@ -63,14 +63,18 @@ def looks_like_checkpoint(head: bytes) -> str | None:
 
 @contextmanager
 def rich_bar(label: str, *, enabled: bool = True) -> Iterator[ProgressFn]:
-    """A Rich download bar on stderr; yields the callback that moves it."""
+    """A Rich download bar on stderr; yields the callback that moves it. Cleared when the download fails."""
     if not enabled:
         yield lambda done, total: None
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+        try:
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+        except BaseException:  # a failed download leaves only its one error line: the bar goes
+            bar.live.transient = True
+            raise
 
 
 def _http_reason(err: requests.RequestException, url: str) -> str:
@@ -172,20 +176,27 @@ def _check_and_publish(entry: ReleasedCheckpoint) -> Path:
 def fetch(entry: ReleasedCheckpoint, *, progress: ProgressFn | None = None, show_progress: bool | None = None) -> Path:
     """Download ``entry`` into the cache unless it is there (under its lock: one download for many processes);
     returns the cached path. Tries each source URL (or ``$AVSEG_MIRROR``) in turn; the last failure is raised."""
+    return fetch_if_missing(entry, progress=progress, show_progress=show_progress)[0]
+
+
+def fetch_if_missing(entry: ReleasedCheckpoint, *, progress: ProgressFn | None = None,
+                     show_progress: bool | None = None) -> tuple[Path, bool]:
+    """:func:`fetch`, also saying whether this call downloaded the file (False: it was there, or another process
+    fetched it while this one waited for the lock)."""
     dest = cache.cached_path(entry)
     show_progress = _BAR["on"] if show_progress is None else show_progress
     try:
         with cache.lock(entry):
             if dest.is_file():  # another process fetched it while this one waited
-                return dest
+                return dest, False
             last: DownloadError | None = None
             for url in source_urls(entry):
-                with rich_bar(f"{entry.name} ({entry.filename})", enabled=show_progress and progress is None) as bar:
-                    try:
+                try:
+                    with rich_bar(f"{entry.name} ({entry.filename})", enabled=show_progress and progress is None) as bar:
                         _fetch_one(entry, url, progress or bar)
-                        return _check_and_publish(entry)
-                    except DownloadError as err:
-                        last = err
+                    return _check_and_publish(entry), True
+                except DownloadError as err:
+                    last = err
             raise last or DownloadError(f"{entry.name} has no source URL; {manual_route(entry)}")
     except cache.Timeout:
         raise DownloadError(f"another process has held the lock on {entry.name} for over "

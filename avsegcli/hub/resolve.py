@@ -14,7 +14,7 @@ from pathlib import Path
 
 from avsegcli.errors import AvsegError, DownloadError
 from avsegcli.hub import cache
-from avsegcli.hub.download import fetch, manual_route
+from avsegcli.hub.download import fetch_if_missing, manual_route
 from avsegcli.hub.registry import REGISTRY, ReleasedCheckpoint, lookup, names
 
 OFFLINE_ENV = "AVSEG_OFFLINE"  # 1: never touch the network; a name not in the cache is an error
@@ -38,14 +38,18 @@ def _looks_like_path(text: str) -> bool:
 
 def get(entry: ReleasedCheckpoint, *, offline: bool | None = None, show_progress: bool | None = None) -> Path:
     """The cached file of ``entry``, fetched first when missing (never when offline); checked against its hash."""
-    dest = cache.cached_path(entry)
+    return _get(entry, offline=offline, show_progress=show_progress)[0]
+
+
+def _get(entry: ReleasedCheckpoint, *, offline: bool | None, show_progress: bool | None) -> tuple[Path, bool]:
+    dest, fetched = cache.cached_path(entry), False
     if not dest.is_file():
         if is_offline() if offline is None else offline:
             raise DownloadError(f"{entry.name} is not in the cache and avseg is offline (--offline or "
                                 f"{OFFLINE_ENV}=1); {manual_route(entry)}")
-        dest = fetch(entry, show_progress=show_progress)
+        dest, fetched = fetch_if_missing(entry, show_progress=show_progress)
     cache.verify_cached(entry, dest)
-    return dest
+    return dest, fetched
 
 
 def resolve_weights(value: str | Path, *, kind: str = "avsegformer", offline: bool | None = None,
@@ -93,8 +97,7 @@ def get_many(selector: str, *, offline: bool | None = None) -> list[dict]:
     """``avseg weights get NAME|all``: fetch what is missing; one row per entry (name, path, size, fetched)."""
     out = []
     for e in entries(selector):
-        had = cache.cached_path(e).is_file()
-        path = get(e, offline=offline)
-        out.append({"name": e.name, "path": str(path), "size": path.stat().st_size, "fetched": not had,
+        path, fetched = _get(e, offline=offline, show_progress=None)
+        out.append({"name": e.name, "path": str(path), "size": path.stat().st_size, "fetched": fetched,
                     "hash": cache.hash_status(e)})
     return out
