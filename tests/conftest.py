@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist (``-n 2`` in pyproject.toml) each worker is one of two busy processes on the 2-core machine: one
+# intra-op thread per worker and per subprocess it starts (``run_cli`` inherits the environment). Two OpenMP teams
+# spinning on two cores starve each other: a 64 px s4-pvt2 forward took 9.3 s with 2 threads beside another busy
+# process and 0.5 s with 1. Set before torch is imported (libgomp reads it at load); ``-n 0`` keeps torch's default.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -167,6 +167,43 @@ def test_interrupted_download_leaves_no_file_then_resumes(home, monkeypatch, ckp
     srv.__exit__()
 
 
+def test_full_disk_is_one_line_and_leaves_nothing(home, monkeypatch, ckpt_bytes):
+    """ENOSPC while writing the .partial file: one line naming the reason and the way round; no file is left."""
+    import builtins
+    import errno
+
+    srv = serve(monkeypatch, {S4.filename: Route(body=ckpt_bytes)})
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, block):
+            if self.written + len(block) > len(ckpt_bytes) // 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(block)
+            return self.f.write(block)
+
+    real_open = builtins.open
+    monkeypatch.setattr(download, "open", lambda path, mode="r", *a, **k: (
+        FullDisk(real_open(path, mode, *a, **k)) if str(path).endswith(".partial") and "b" in mode and "r" not in mode
+        else real_open(path, mode, *a, **k)), raising=False)
+    with pytest.raises(DownloadError) as err:
+        resolve_weights("s4-r50")
+    msg = str(err.value)
+    assert "no space left on device" in msg and "AVSEG_HOME" in msg and "--weights PATH" in msg and "\n" not in msg
+    assert cache_files(home) == []  # neither the file nor its .partial
+    monkeypatch.setattr(download, "open", real_open, raising=False)
+    assert resolve_weights("s4-r50").read_bytes() == ckpt_bytes  # space again: the next get completes
+    srv.__exit__()
+
+
 def test_names_paths_and_kinds(home, monkeypatch, tmp_path):
     with pytest.raises(AvsegError, match="not a known weights name .names: s4-r50, s4-pvt2, .*vggish"):
         resolve_weights("s4-r5O")

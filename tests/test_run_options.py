@@ -33,6 +33,7 @@ def _captured(monkeypatch, args: list[str]) -> RunOptions:
         raise _Stop
 
     monkeypatch.setattr(session, "run_all", fake_run_all)
+    monkeypatch.setenv("AVSEG_OFFLINE", "0")  # --offline sets it for the process: restored after the test
     cli._register()
     try:
         result = CliRunner().invoke(cli.app, ["run", *args])
@@ -47,16 +48,16 @@ def test_every_flag_lands_once_in_the_record(monkeypatch, tmp_path):
     params = typer.main.get_command(cli.app).commands["run"].params
     flags = [f.name for f in dataclasses.fields(RunOptions) if f.init and f.name != "cluster"]
     ray_flags = [f.name for f in dataclasses.fields(RayOptions) if f.name not in ("start_timeout", "progress_every")]
-    assert len(params) == len(flags) + len(ray_flags) == 27  # one field per flag, none left over
+    assert len(params) == len(flags) + len(ray_flags) == 28  # one field per flag, none left over
 
     out, w = tmp_path / "o", tmp_path / "w.pth"
     opts = _captured(monkeypatch, ["a.mp4", "dir", "--out", str(out), "--weights", str(w), "--device", "cpu", "--fps", "2.5",
                                    "--format", "npz", "--glob", "*.mkv", "--start", "1", "--end", "3", "--audio", "silence",
-                                   "--precision", "fp32", "--impl", "reference", "--compile", "--batch-size", "3", "--save-probs",
+                                   "--precision", "fp32", "--impl", "reference", "--compile", "--batch-size", "3", "--offline", "--save-probs",
                                    "--overwrite", "--render", "--sheet", "--json", "-q", "--ray", "auto", "--ray-actors", "2",
                                    "--ray-gpus-per-actor", "0.5", "--ray-cpus-per-actor", "2", "--ray-retries", "1"])
     assert opts == RunOptions(inputs=["a.mp4", "dir"], glob="*.mkv", fps=2.5, start=1.0, end=3.0, audio="silence", workers=None,
-                              weights=w, device="cpu", precision="fp32", impl="reference", compile=True, batch_size=3, out=out,
+                              weights=str(w), device="cpu", precision="fp32", impl="reference", compile=True, batch_size=3, offline=True, out=out,
                               fmt="npz", save_probs=True, overwrite=True, render=True, sheet=True, quiet=True, verbose=False,
                               json=True, cluster=RayOptions(address="auto", actors=2, gpus_per_actor=0.5, cpus_per_actor=2.0,
                                                             retries=1))

@@ -159,11 +159,11 @@ def run(
     cluster = None if ray is None else RayOptions(address=ray, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor,
                                                   cpus_per_actor=ray_cpus_per_actor, retries=ray_retries)
     opts = RunOptions(inputs=inputs, glob=glob, fps=fps, start=start, end=end, audio=audio, workers=workers, weights=weights,
-                      device=device, precision=precision, impl=impl, compile=compile_model, batch_size=batch_size, out=out,
+                      device=device, precision=precision, impl=impl, compile=compile_model, batch_size=batch_size, offline=offline, out=out,
                       fmt=fmt, save_probs=save_probs, overwrite=overwrite, render=render, sheet=sheet, quiet=quiet,
                       verbose=verbose, json=as_json, cluster=cluster)
     set_verbosity(opts.verbose, opts.quiet)
-    set_offline(offline)
+    set_offline(opts.offline)
     if opts.verbose:  # decode workers keep their stderr (normally /dev/null: native decoder noise)
         os.environ.setdefault("AVSEG_WORKER_STDERR", "1")
     console = Console(stderr=True)

@@ -65,6 +65,7 @@ class RunOptions:
     impl: str = "fast"
     compile: bool = False
     batch_size: int = 8  # frames per forward pass, across videos
+    offline: bool = False  # named weights: the cache only, never the network (AVSEG_OFFLINE=1 for the workers too)
     # output
     out: Path
     fmt: str = "png"
