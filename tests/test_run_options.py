@@ -48,16 +48,16 @@ def test_every_flag_lands_once_in_the_record(monkeypatch, tmp_path):
     params = typer.main.get_command(cli.app).commands["run"].params
     flags = [f.name for f in dataclasses.fields(RunOptions) if f.init and f.name != "cluster"]
     ray_flags = [f.name for f in dataclasses.fields(RayOptions) if f.name not in ("start_timeout", "progress_every")]
-    assert len(params) == len(flags) + len(ray_flags) == 28  # one field per flag, none left over
+    assert len(params) == len(flags) + len(ray_flags) == 29  # one field per flag, none left over
 
     out, w = tmp_path / "o", tmp_path / "w.pth"
     opts = _captured(monkeypatch, ["a.mp4", "dir", "--out", str(out), "--weights", str(w), "--device", "cpu", "--fps", "2.5",
                                    "--format", "npz", "--glob", "*.mkv", "--start", "1", "--end", "3", "--audio", "silence",
-                                   "--precision", "fp32", "--impl", "reference", "--compile", "--batch-size", "3", "--offline", "--save-probs",
+                                   "--precision", "fp32", "--impl", "reference", "--compile", "--batch-size", "3", "--backend", "openvino", "--offline", "--save-probs",
                                    "--overwrite", "--render", "--sheet", "--json", "-q", "--ray", "auto", "--ray-actors", "2",
                                    "--ray-gpus-per-actor", "0.5", "--ray-cpus-per-actor", "2", "--ray-retries", "1"])
     assert opts == RunOptions(inputs=["a.mp4", "dir"], glob="*.mkv", fps=2.5, start=1.0, end=3.0, audio="silence", workers=None,
-                              weights=str(w), device="cpu", precision="fp32", impl="reference", compile=True, batch_size=3, offline=True, out=out,
+                              weights=str(w), device="cpu", precision="fp32", impl="reference", compile=True, batch_size=3, backend="openvino", offline=True, out=out,
                               fmt="npz", save_probs=True, overwrite=True, render=True, sheet=True, quiet=True, verbose=False,
                               json=True, cluster=RayOptions(address="auto", actors=2, gpus_per_actor=0.5, cpus_per_actor=2.0,
                                                             retries=1))
@@ -71,6 +71,7 @@ def test_every_flag_lands_once_in_the_record(monkeypatch, tmp_path):
     ({"fps": math.nan}, "--fps must be a number from 0 (every frame) to 1000, not nan"),
     ({"fps": -1.0}, "--fps must be a number from 0 (every frame) to 1000, not -1.0"),
     ({"batch_size": 0}, "--batch-size must be from 1 to 4096, not 0"),
+    ({"backend": "tensorrt"}, "--backend must be torch, onnxruntime, openvino, not 'tensorrt'"),
     ({"workers": 999}, "--workers must be from 0 (decode in this process) to 256, not 999"),
     ({"start": 5.0, "end": 2.0}, "--start (5.0) must be before --end (2.0)"),
     ({"fmt": "bogus", "fps": math.nan, "save_probs": True}, "--format must be png, npz, rle or all, not 'bogus'"),  # first wins

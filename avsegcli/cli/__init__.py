@@ -39,11 +39,12 @@ def _root(
 def _register() -> None:
     """Add the commands to :data:`app` (once per process: :func:`main` calls it)."""
     # lazy: the command modules are loaded when the command line runs, not when `avsegcli.cli` is imported
-    from avsegcli.cli import eval_cmd, pretrain_cmd, render_cmd, run_cmd, synth_cmd, train_cmd, weights_cmd
+    from avsegcli.cli import eval_cmd, export_cmd, pretrain_cmd, render_cmd, run_cmd, synth_cmd, train_cmd, weights_cmd
 
     app.command("run")(run_cmd.run)
     app.command("eval")(eval_cmd.evaluate)
     app.command("render")(render_cmd.render)
+    app.command("export")(export_cmd.export)
     app.command("synth")(synth_cmd.synth)
     app.command("pretrain-audio")(pretrain_cmd.pretrain_audio)
     app.command("train")(train_cmd.train)

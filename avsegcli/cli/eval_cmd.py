@@ -119,6 +119,7 @@ def evaluate(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Clips per batch (default 2 for S4/MS3 = the official 10 frames, 4 for AVSS)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 (default here: the paper's numbers), auto, tf32 (CUDA), bf16 or fp16."),
+    backend: str = typer.Option("torch", "--backend", help="torch (default), onnxruntime or openvino: score an exported model (--weights FILE.onnx/.xml, or a checkpoint exported on first use)."),
     save_pred: Optional[Path] = typer.Option(None, "--save-pred", help="With --weights: also save the predicted masks here, in the benchmark's layout."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write every number as JSON to this file ('-' for stdout, no table)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N clips of the split."),
@@ -137,7 +138,7 @@ def evaluate(
     from avsegcli.eval.options import EvalOptions
 
     opts = EvalOptions(task=task, data=data, split=split, weights=weights, pred=pred, protocol=protocol,
-                       batch_size=batch_size, device=device, precision=precision, save_pred=save_pred, json_out=json_out,
+                       batch_size=batch_size, device=device, precision=precision, backend=backend, save_pred=save_pred, json_out=json_out,
                        limit=limit, image_size=image_size, workers=workers, forward_batch=forward_batch,
                        negative_audio=negative_audio, seed=seed, plots=plots, quiet=quiet, verbose=verbose)
     set_verbosity(opts.verbose, opts.quiet)

@@ -124,7 +124,7 @@ def _report(results, out: Path, frames: int, seconds: float, summary_path: Path 
 def run(
     inputs: list[str] = typer.Argument(..., help="Video files, folders (searched recursively) or @list.txt files."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one subfolder of masks per video."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", metavar="PATH|NAME", help="Checkpoint: PATH (.pth of the authors or our .safetensors) or NAME, " + WEIGHTS_NAMES + ", e.g. s4-pvt2. Default: the bundled model in weights/."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", metavar="PATH|NAME", help="Checkpoint: PATH (.pth of the authors or our .safetensors; .onnx/.xml with --backend) or NAME, " + WEIGHTS_NAMES + ", e.g. s4-pvt2. Default: the bundled model in weights/."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     fps: float = typer.Option(1.0, "--fps", help="Frames per second to segment (1 = the benchmark's rate; 0 = every frame)."),
     fmt: str = typer.Option("png", "--format", help="png (one image per frame), npz (one array per video), rle (masks.json: COCO RLE, YouTube-VIS-like) or all."),
@@ -137,6 +137,7 @@ def run(
     impl: str = typer.Option("fast", "--impl", help="fast (default) or reference (the authors' arithmetic, op for op; same masks within float rounding).", rich_help_panel=MODEL),
     compile_model: bool = typer.Option(False, "--compile", help="Run the model through torch.compile (pays a compile time at start; see README).", rich_help_panel=MODEL),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Frames per forward pass, across videos.", rich_help_panel=MODEL),
+    backend: str = typer.Option("torch", "--backend", help="torch (default), onnxruntime or openvino: run an exported model (--weights FILE.onnx/.xml from avseg export, or a checkpoint exported on first use into the cache). Extras: [onnx], [openvino].", rich_help_panel=MODEL),
     offline: OfflineHere = False,
     save_probs: bool = typer.Option(False, "--save-probs", help="With --format npz (or all): also store probabilities.", rich_help_panel=OUTPUT),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos that already have a finished output.", rich_help_panel=OUTPUT),
@@ -159,7 +160,7 @@ def run(
     cluster = None if ray is None else RayOptions(address=ray, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor,
                                                   cpus_per_actor=ray_cpus_per_actor, retries=ray_retries)
     opts = RunOptions(inputs=inputs, glob=glob, fps=fps, start=start, end=end, audio=audio, workers=workers, weights=weights,
-                      device=device, precision=precision, impl=impl, compile=compile_model, batch_size=batch_size, offline=offline, out=out,
+                      device=device, precision=precision, impl=impl, compile=compile_model, batch_size=batch_size, backend=backend, offline=offline, out=out,
                       fmt=fmt, save_probs=save_probs, overwrite=overwrite, render=render, sheet=sheet, quiet=quiet,
                       verbose=verbose, json=as_json, cluster=cluster)
     set_verbosity(opts.verbose, opts.quiet)

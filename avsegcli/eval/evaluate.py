@@ -293,7 +293,7 @@ def evaluate_options(opts: EvalOptions, *, display: Callable[[], AbstractContext
     root = resolve_data_root(opts.data)
     predictor = None
     if opts.pred is None:
-        predictor = Predictor(opts.weights, device=opts.device, precision=opts.precision)
+        predictor = Predictor(opts.weights, device=opts.device, precision=opts.precision, backend=opts.backend)
         if note:
             note(f"model {predictor.model_info()}")
     if note:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from avsegcli.data.negatives import require_conditions
 from avsegcli.errors import AvsegError
+from avsegcli.export.runners import BACKENDS
 from avsegcli.tasks import Task, task_of
 
 #: ``--protocol`` -> the protocols of :mod:`avsegcli.eval.metrics` it scores
@@ -51,6 +52,7 @@ class EvalOptions:
     batch_size: int | None = None  # clips per metric batch; None: the task's (Task.batch_clips)
     device: str = "auto"
     precision: str = "fp32"
+    backend: str = "torch"  # torch, onnxruntime or openvino (avsegcli.export)
     limit: int | None = None  # first N clips
     image_size: int | None = None  # pixels
     workers: int | None = None  # data-loading processes
@@ -80,6 +82,8 @@ class EvalOptions:
             raise AvsegError(f"--protocol must be official, per-frame or both, not {self.protocol!r}")
         if self.weights is not None and self.pred is not None:
             raise AvsegError("give --weights or --pred, not both")
+        if self.backend not in BACKENDS:
+            raise AvsegError(f"--backend must be {', '.join(BACKENDS)}, not {self.backend!r}")
         if self.save_pred is not None and self.pred is not None:
             raise AvsegError(SAVE_PRED_NEEDS_WEIGHTS)
         self.conditions = () if self.negative_audio is None else require_conditions(self.negative_audio)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from avsegcli.errors import AvsegError, CheckpointError
+from avsegcli.export.cache import is_exported, runner_for
+from avsegcli.export.runners import BACKENDS, Runner
 from avsegcli.inference import precision as precision_modes
 from avsegcli.inference.feed import device_frames, device_guard, logits_to_masks, normalize_stats, stage, to_device
 from avsegcli.masks.results import FrameMask, VideoMasks
@@ -75,34 +77,56 @@ class Predictor:
     ``precision``: ``auto`` (default: bf16 where native and faster, else fp32), ``fp32``, ``tf32``, ``bf16`` or
     ``fp16`` (:mod:`avsegcli.inference.precision`); ``impl``: ``fast`` (default) or ``reference`` (the released arithmetic,
     op for op); ``compile``: run the model through ``torch.compile`` (first batches pay the compile time).
+    ``backend``: ``torch`` (default), or ``onnxruntime`` / ``openvino`` running an exported file (``weights`` an
+    ``.onnx`` / ``.xml`` from ``avseg export``, or a checkpoint exported on the fly to the cache:
+    :mod:`avsegcli.export`); everything around the forward is the same code.
     """
 
     def __init__(self, weights: str | Path | None = None, *, device: str | torch.device = "auto", precision: str = "auto",
-                 batch_size: int = 8, fps: float | None = 1.0, impl: str = "fast", compile: bool = False) -> None:
+                 batch_size: int = 8, fps: float | None = 1.0, impl: str = "fast", compile: bool = False, backend: str = "torch") -> None:
         if batch_size < 1:
             raise AvsegError(f"batch size must be at least 1, got {batch_size}")
         if impl not in ("fast", "reference"):
             raise AvsegError(f"unknown impl {impl!r} (fast or reference)")
+        if backend not in BACKENDS:
+            raise AvsegError(f"unknown backend {backend!r} ({', '.join(BACKENDS)})")
         self.weights = resolve_weights(weights) if weights is not None else default_weights()  # a file or a name
-        self.device = resolve_device(device)
+        self.backend = backend
         self.requested_precision = precision
-        self.precision = precision_modes.resolve(precision, self.device)
         self.impl = impl
         self.compiled = compile
         self.batch_size = batch_size
         self.fps = fps
-        self.model = load_model(self.weights, device=self.device, impl=impl)
-        dtype = precision_modes.reduced_dtype(self.precision)
-        if dtype is not None:  # weights cast once, float32 islands: the same on every device (no autocast)
-            self.model.cast_for_inference(dtype)
-        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._sha256: str | None = None
+        self.runner: Runner | None = None
+        self.model = None
+        if backend == "torch":
+            if is_exported(self.weights):
+                raise AvsegError("is an exported model: run it with --backend onnxruntime or openvino", path=self.weights)
+            self.device = resolve_device(device)
+            self.precision = precision_modes.resolve(precision, self.device)
+            self.model = load_model(self.weights, device=self.device, impl=impl)
+            dtype = precision_modes.reduced_dtype(self.precision)
+            if dtype is not None:  # weights cast once, float32 islands: the same on every device (no autocast)
+                self.model.cast_for_inference(dtype)
+            self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+            self.config: dict[str, Any] = self.model.config
+            self.num_classes = self.model.num_classes
+        else:  # an exported graph: frames + log-mel -> logits, on the host (onnxruntime's CUDA provider copies itself)
+            if compile:
+                raise AvsegError(f"--compile applies to --backend torch; {backend} compiles the graph itself")
+            asked = str(resolve_device(device)) if str(device) != "auto" else "cpu"
+            self.runner = runner_for(backend, self.weights, precision=precision, device=asked)
+            self.device = torch.device("cpu")
+            self.precision = self.runner.precision
+            self.impl = self.runner.meta.impl  # the exported arithmetic (the reference graph)
+            self._sha256 = self.runner.meta.source_sha256
+            self.config = self.runner.meta.config
+            self.num_classes = self.runner.meta.num_classes
         self._stats = normalize_stats(self.device)  # mean and std, kept on the device
-        self.config: dict[str, Any] = self.model.config
         self.image_size: int = int(self.config["image_size"])
         self.via: int | None = self.config.get("frame_resize_via")
-        self.num_classes = self.model.num_classes
         self.semantic = self.num_classes > 1
-        self._sha256: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -113,7 +137,8 @@ class Predictor:
     def model_info(self) -> dict[str, Any]:
         return {"weights": str(self.weights), "sha256": self.sha256, "preset": self.config.get("name"), "task": self.config.get("task"),
                 "num_classes": self.num_classes, "image_size": self.image_size, "device": str(self.device), "precision": self.precision,
-                "precision_requested": self.requested_precision, "impl": self.impl, "compiled": self.compiled}
+                "precision_requested": self.requested_precision, "impl": self.impl, "compiled": self.compiled,
+                **(self.runner.info() if self.runner is not None else {})}
 
     def scope(self):
         """The context every forward of this predictor runs in: the precision's float32 switches, restored on the
@@ -130,7 +155,13 @@ class Predictor:
         """The model on device tensors, as this predictor runs it (precision, impl, compiled or not): ``frames
         [B, 3, S, S]`` normalised float32, ``log_mel [B, 1, 96, 64]`` or ``audio_embedding [B, 128]``, optional
         ``frame_valid [B]``. Returns ``[B, K, S, S]`` float32 logits. ``avseg run``, ``stream`` and ``avseg eval``
-        all come through here."""
+        all come through here. Another backend takes ``log_mel`` (its graph holds VGGish)."""
+        if self.runner is not None:
+            if log_mel is None:
+                raise AvsegError(f"the {self.backend} backend takes log-mel patches (its graph includes VGGish), not audio embeddings")
+            logits = self.runner(frames, log_mel)
+            # the torch model zeroes the outputs of invalid (padding) frames; the same here
+            return logits if frame_valid is None else logits * frame_valid.to(logits.dtype).view(-1, 1, 1, 1)
         with self.scope():
             if audio_embedding is None:
                 audio_embedding = self.model.embed_audio(log_mel)
@@ -153,6 +184,8 @@ class Predictor:
         rows_dev = to_device(stage([rows], self.device)[0], self.device)
         x = device_frames(frames, self.device, self._stats)
         log_mel = to_device(chunk_log_mel, self.device)
+        if self.runner is not None:  # one patch per frame: the graph runs VGGish itself
+            return self.forward(x, log_mel[rows_dev])[:n]
         with self.scope():
             emb = self.model.embed_audio(log_mel)
         return self.forward(x, audio_embedding=emb[rows_dev])[:n]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from avsegcli.errors import AvsegError
+from avsegcli.export.runners import BACKENDS
 from avsegcli.inference.predictor import Predictor
 from avsegcli.masks.io import FORMATS
 from avsegcli.media.override import AudioOverride, parse_audio
@@ -65,6 +66,7 @@ class RunOptions:
     impl: str = "fast"
     compile: bool = False
     batch_size: int = 8  # frames per forward pass, across videos
+    backend: str = "torch"  # torch, onnxruntime or openvino (avsegcli.export)
     offline: bool = False  # named weights: the cache only, never the network (AVSEG_OFFLINE=1 for the workers too)
     # output
     out: Path
@@ -100,6 +102,8 @@ class RunOptions:
             raise AvsegError("--save-probs needs --format npz (or all)")
         if self.fps is not None and (not math.isfinite(self.fps) or self.fps < 0 or self.fps > 1000):
             raise AvsegError(f"--fps must be a number from 0 (every frame) to 1000, not {self.fps}")
+        if self.backend not in BACKENDS:
+            raise AvsegError(f"--backend must be {', '.join(BACKENDS)}, not {self.backend!r}")
         if not 1 <= self.batch_size <= 4096:
             raise AvsegError(f"--batch-size must be from 1 to 4096, not {self.batch_size}")
         if self.workers is not None and not 0 <= self.workers <= 256:
@@ -124,4 +128,4 @@ class RunOptions:
     def predictor(self, device: str | None = None) -> Predictor:
         """The model these flags ask for (``device`` overrides ``--device``: a CPU-only Ray actor)."""
         return Predictor(self.weights, device=device or self.device, precision=self.precision, batch_size=self.batch_size,
-                         impl=self.impl, compile=self.compile)
+                         impl=self.impl, compile=self.compile, backend=self.backend)

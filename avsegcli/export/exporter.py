@@ -1,0 +1,146 @@
+"""``avseg export``: a checkpoint -> one ONNX or OpenVINO file computing frames + log-mel -> logits.
+
+One graph, VGGish included, rather than two: a deployment then ships one file with one call per batch, and the
+audio path is small (VGGish is about 1% of a frame's FLOPs at 224 px, 0.2% at 512). The cost is that VGGish runs
+once per frame instead of once per audio second, which is the same count at ``avseg run``'s default of one frame
+per second.
+
+The graph is the reference arithmetic (``impl="reference"``, float32): the released model op for op, made of
+standard ops only (the deformable attention's sampling is ``GridSample``; opset 18). The fast path's rewrites
+are PyTorch-side scheduling (folded query products, phase kernels cached on the module, channels_last) that the
+runtimes' own graph optimisers do in their way. The batch dimension is dynamic; the input size is the preset's.
+
+Only the maintained exporters are used: ``torch.onnx.export(dynamo=True)`` (with onnxscript) writes the ONNX
+file, and ``openvino.convert_model`` turns that file into OpenVINO IR (``.xml`` + ``.bin``, float32 weights:
+``compress_to_fp16=False``). Files are written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from avsegcli.errors import AvsegError
+from avsegcli.export.meta import FORMATS, INPUTS, OUTPUT, SUFFIX, ExportMeta, describe
+from avsegcli.modeling.avsegformer import AVSegFormer
+from avsegcli.weights import load_model, sha256sum
+
+OPSET = 18
+INSTALL = {"onnx": "pip install 'avseg[onnx]' (or pip install -e '.[onnx]' in a checkout)",
+           "openvino": "pip install 'avseg[openvino]' (or pip install -e '.[openvino]' in a checkout)"}
+
+
+class LogitsGraph(nn.Module):
+    """What is exported: ``frames [B, 3, S, S]`` normalised float32 and ``log_mel [B, 1, 96, 64]`` -> ``logits
+    [B, K, S, S]`` float32 (VGGish, the audio projection, the backbone and the head of ``model``)."""
+
+    def __init__(self, model: AVSegFormer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: Tensor, log_mel: Tensor) -> Tensor:
+        return self.model(frames, log_mel)["pred_masks"].float()
+
+
+@dataclass(frozen=True)
+class Exported:
+    """One export: the file written (the ``.xml`` for OpenVINO, whose ``.bin`` lies beside it), its size in bytes
+    (both files for OpenVINO), the seconds it took, and the metadata it carries."""
+
+    path: Path
+    format: str
+    bytes: int
+    seconds: float
+    meta: ExportMeta
+
+
+def _import(module: str, fmt: str):
+    try:
+        if module == "onnxscript":
+            import onnxscript  # lazy: optional extra (torch.onnx's dynamo exporter needs it)
+            return onnxscript
+        import openvino  # lazy: optional extra
+        return openvino
+    except ImportError:
+        raise AvsegError(f"--format {fmt} needs {module}, an optional extra: {INSTALL[fmt]}") from None
+
+
+def _onnx(model: AVSegFormer, meta: ExportMeta, dest: Path) -> None:
+    """Trace ``model`` (reference impl, float32, CPU) and write ``dest`` with ``meta`` in ``metadata_props``."""
+    graph = LogitsGraph(model).eval()
+    s = meta.image_size
+    example = (torch.randn(2, 3, s, s), torch.randn(2, 1, 96, 64))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # the exporter narrates each step on stdout, and onnxscript's optimiser logs and warns about internals;
+    # none of it is for our user (a failure still raises)
+    quiet = logging.getLogger("onnxscript")
+    level = quiet.level
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        quiet.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(graph, example, dynamo=True, opset_version=OPSET, input_names=list(INPUTS),
+                                        output_names=[OUTPUT], dynamic_shapes={"frames": {0: batch}, "log_mel": {0: batch}},
+                                        verbose=False)
+        finally:
+            quiet.setLevel(level)
+    model.clear_caches()  # nothing traced stays on the module
+    program.model.metadata_props.update(meta.to_strings())
+    program.save(dest, external_data=False)
+
+
+def _openvino(onnx_file: Path, meta: ExportMeta, dest_xml: Path) -> None:
+    ov = _import("openvino", "openvino")
+    ir = ov.convert_model(str(onnx_file))
+    for key, value in meta.to_strings().items():
+        ir.set_rt_info(value, ["avseg", key])
+    ov.save_model(ir, str(dest_xml), compress_to_fp16=False)
+
+
+def _model(weights: str | Path) -> tuple[AVSegFormer, str]:
+    model = load_model(weights, device="cpu", impl="reference").float().eval()
+    return model, sha256sum(weights)
+
+
+def export_model(weights: str | Path, fmt: str, out: str | Path, *, model: AVSegFormer | None = None,
+                 sha256: str | None = None) -> Exported:
+    """Export the checkpoint ``weights`` to ``out`` (``.onnx``, or ``.xml`` + ``.bin``) in ``fmt`` (``onnx`` or
+    ``openvino``). ``model``/``sha256``: already loaded (the same checkpoint), to skip loading it again."""
+    if fmt not in FORMATS:
+        raise AvsegError(f"--format must be {' or '.join(FORMATS)}, not {fmt!r}")
+    out = Path(out)
+    if out.suffix != SUFFIX[fmt]:
+        raise AvsegError(f"--format {fmt} writes a {SUFFIX[fmt]} file", path=out)
+    if out.is_dir():
+        raise AvsegError("is a folder; --out names the file to write", path=out)
+    _import("onnxscript", "onnx")
+    if fmt == "openvino":
+        _import("openvino", fmt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if model is None:
+        model, sha256 = _model(weights)
+    meta = describe(model.config, model.num_classes, sha256 or sha256sum(weights), weights, OPSET)
+    with tempfile.TemporaryDirectory(prefix=".avseg-export-", dir=out.parent) as tmp:
+        onnx_file = Path(tmp) / "model.onnx"
+        _onnx(model, meta, onnx_file)
+        if fmt == "onnx":
+            os.replace(onnx_file, out)
+            size = out.stat().st_size
+        else:
+            xml = Path(tmp) / "model.xml"
+            _openvino(onnx_file, meta, xml)
+            os.replace(xml.with_suffix(".bin"), out.with_suffix(".bin"))  # the .xml last: it names a complete pair
+            os.replace(xml, out)
+            size = out.stat().st_size + out.with_suffix(".bin").stat().st_size
+    return Exported(path=out, format=fmt, bytes=size, seconds=time.perf_counter() - t0, meta=meta)
