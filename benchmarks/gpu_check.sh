@@ -12,7 +12,11 @@
 #    x 30 s at 640x360 sampled at 2 fps (480 frames a preset; 96 of them at batch 1), written to OUT_DIR/gpu_table.md
 #    with the pytest result appended, output in OUT_DIR/table.txt.
 #
-# Settings from the environment: PYTHON (default .venv/bin/python), PYTEST_TIMEOUT, TABLE_TIMEOUT, GPU_CHECK_SMOKE.
+# 4. only when ORT_GPU_TIMEOUT is set (seconds; it adds that much): the exported ONNX file on onnxruntime's CUDA and
+#    TensorRT providers (benchmarks/bench_ort_gpu.py; needs onnxruntime-gpu), appended to OUT_DIR/gpu_table.md.
+#
+# Settings from the environment: PYTHON (default .venv/bin/python), PYTEST_TIMEOUT, TABLE_TIMEOUT, GPU_CHECK_SMOKE,
+# ORT_GPU_TIMEOUT.
 # The default timeouts add up to 470 s + start-up: under 8 minutes even when both run to their limit. Exit status: 0 when
 # pytest passed and the table was made; 1 when pytest failed or timed out (the table is still made); 3 when only
 # the table failed; 2 when there is no usable GPU (nothing run). GPU_CHECK_SMOKE=1 runs the same steps with a
@@ -85,6 +89,15 @@ if [[ ! -s "$OUT_DIR/gpu_table.md" ]]; then
 elif [[ $table_rc -ne 0 ]]; then
     printf '\n**Incomplete**: bench_gpu.py exited with status %s after %s s (see table.txt); the rows above were measured.\n' \
         "$table_rc" "$table_seconds" >> "$OUT_DIR/gpu_table.md"
+fi
+
+if [[ -n "${ORT_GPU_TIMEOUT:-}" && "$SMOKE" != "1" ]]; then
+    stamp "== onnxruntime GPU providers (at most ${ORT_GPU_TIMEOUT} s)"
+    timeout --signal=INT --kill-after=30 "$ORT_GPU_TIMEOUT" "$PYTHON" benchmarks/bench_ort_gpu.py --preset s4-r50 --batch 8 \
+        --markdown "$OUT_DIR/ort_gpu.md" 2>&1 | tee "$OUT_DIR/ort_gpu.txt" || echo "bench_ort_gpu.py: exit status $? (see ort_gpu.txt)"
+    if [[ -s "$OUT_DIR/ort_gpu.md" ]]; then
+        { echo; cat "$OUT_DIR/ort_gpu.md"; } >> "$OUT_DIR/gpu_table.md"
+    fi
 fi
 
 summary="$(grep -E '(passed|failed|error|skipped|no tests ran)' "$OUT_DIR/pytest.txt" | tail -n 1 || true)"
