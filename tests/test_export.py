@@ -84,6 +84,27 @@ def test_exported_logits_match_torch_fp32_at_any_batch(tiny, kind, backend, suff
         assert gates["mask_equal"] >= FP32_MASK_EQUAL, gates
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_bundled_model_logits_match_torch_fp32(home, backend):
+    """The trained bundled model, exported into the cache: logits within the float32 tolerance at any batch."""
+    runner = open_runner(backend, cached_export(BUNDLED, "onnx" if backend == "onnxruntime" else "openvino"), precision="fp32")
+    frames, log_mel = random_inputs(runner.meta.image_size, 5, seed=7)
+    gates = compare(runner(frames, log_mel), _torch_logits(BUNDLED, frames, log_mel))
+    assert gates["max_rel"] < FP32_MAX_REL and gates["mask_equal"] >= FP32_MASK_EQUAL, gates
+
+
+@pytest.mark.parametrize("backend, suffix", [("onnxruntime", "onnx"), ("openvino", "xml")])
+def test_semantic_padding_frames_give_zero_logits_as_in_torch(tiny, backend, suffix):
+    """AVSS evaluation passes frame_valid (padded frames of a clip): a backend zeroes those frames' logits, as the
+    torch model does, and keeps the others."""
+    frames, log_mel = random_inputs(64, 3, seed=3)
+    valid = torch.tensor([1.0, 0.0, 1.0])
+    got = Predictor(tiny[f"semantic.{suffix}"], backend=backend, precision="fp32").forward(frames, log_mel, frame_valid=valid)
+    ref = Predictor(tiny["semantic"], precision="fp32", impl="reference").forward(frames, log_mel, frame_valid=valid)
+    assert torch.count_nonzero(got[1]) == 0 and torch.count_nonzero(got[0]) > 0
+    assert compare(got, ref)["max_rel"] < FP32_MAX_REL
+
+
 @pytest.mark.parametrize("suffix, backend", [("onnx", "onnxruntime"), ("xml", "openvino")])
 def test_the_file_carries_its_metadata(tiny, suffix, backend):
     meta = open_runner(backend, tiny[f"semantic.{suffix}"]).meta

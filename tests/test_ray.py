@@ -212,3 +212,24 @@ def test_out_not_shared_is_refused(tmp_path):
     (tmp_path / ".avseg-ray-avseg-x-0.json").write_text(json.dumps({"node_id": "n1", "ip": "10.1.2.3"}))
     Driver._check_marker(fake, info)
     assert not list(tmp_path.iterdir())  # read and removed
+
+
+def test_an_exported_backend_runs_on_ray_as_locally(ray_address, videos, tiny_ckpt, tmp_path, env):
+    """--backend onnxruntime with --ray: each actor opens the exported file; the masks and meta.json are the local
+    run's (the same code around the forward)."""
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    from avsegcli.export.exporter import export_model
+
+    onnx_file = export_model(tiny_ckpt, "onnx", tmp_path / "tiny.onnx").path
+    paths = [videos / "a.mp4", videos / "b.mkv"]
+    local = tmp_path / "local"
+    run_videos(avsegcli.Predictor(onnx_file, backend="onnxruntime", batch_size=8), paths, local, workers=0)
+    out = tmp_path / "ray"
+    proc = subprocess.run(_avseg("run", *paths, "--out", out, "--weights", onnx_file, "--backend", "onnxruntime",
+                                 "--ray", ray_address, "--ray-actors", "1", "--json"), capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["model"]["backend"] == "onnxruntime" and summary["counts"]["done"] == 2
+    for stem in ("a", "b"):
+        assert np.array_equal(read_masks_dir(out / stem).masks, read_masks_dir(local / stem).masks)
+        assert _meta(out / stem) == _meta(local / stem)
