@@ -13,13 +13,15 @@ import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import requests
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from avsegcli.errors import DownloadError, os_reason
+
+if TYPE_CHECKING:
+    import requests
 from avsegcli.hub import cache
 from avsegcli.hub.registry import ReleasedCheckpoint, drive_id, page_url, source_urls
 
@@ -78,6 +80,8 @@ def rich_bar(label: str, *, enabled: bool = True) -> Iterator[ProgressFn]:
 
 
 def _http_reason(err: requests.RequestException, url: str) -> str:
+    import requests  # lazy: only a download needs it (85 ms of every `avseg` start otherwise)
+
     host = requests.utils.urlparse(url).netloc or url
     text = str(err)
     if isinstance(err, requests.Timeout):
@@ -95,6 +99,8 @@ def _http_reason(err: requests.RequestException, url: str) -> str:
 
 def _http_get(url: str, partial: Path, progress: ProgressFn) -> None:
     """Stream ``url`` into ``partial``, resuming from its size where the server answers ``206``."""
+    import requests  # lazy: only a download needs it
+
     have = partial.stat().st_size if partial.is_file() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     with requests.get(url, headers=headers, stream=True, timeout=timeout_s(), allow_redirects=True) as resp:
@@ -124,6 +130,7 @@ class _Http(Exception):
 
 def _drive_get(file_id: str, partial: Path, progress: ProgressFn) -> None:
     import gdown  # Drive's confirmation page for large files; only Drive entries need it
+    import requests  # lazy: only a download needs it
 
     with open(partial, "wb") as f:
         try:
@@ -136,6 +143,8 @@ def _drive_get(file_id: str, partial: Path, progress: ProgressFn) -> None:
 
 
 def _fetch_one(entry: ReleasedCheckpoint, url: str, progress: ProgressFn) -> None:
+    import requests  # lazy: only a download needs it (its errors are told apart below)
+
     partial = cache.partial_path(entry)
     fid = drive_id(url)
     try:
