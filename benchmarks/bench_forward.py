@@ -14,7 +14,8 @@ Modes (random weights, the same frames and audio embedding for all; VGGish timed
   ``auto`` (where bf16 is native) run on every device;
 * ``fast fp16`` (``--fp16``): weights cast once to float16, as ``--precision fp16`` runs;
 * ``compiled``: ``torch.compile`` of the auto mode (``--compile``), with its compile time;
-* ``onnxruntime fp32``, ``openvino fp32``, ``openvino auto (<what it picked>)``: the model exported by ``avseg
+* ``onnxruntime fp32``, ``openvino fp32``, ``openvino auto (<what it picked>)``, each for the graph of the
+  reference and of the fast arithmetic (``ref``/``fas``, ``--export-impls``): the model exported by ``avseg
   export`` (``--backends``; export time and file size printed), run by each runtime on the same frames and log-mel
   patches. Their figures include VGGish (the exported graph holds it; about 1% of a frame at 224 px), the torch
   rows do not: a small handicap for the backends.
@@ -124,6 +125,7 @@ def main() -> None:
     ap.add_argument("--no-autocast", action="store_true", help="skip the bf16-autocast modes")
     ap.add_argument("--fp16", action="store_true", help="also time the fp16 mode (weights cast once to float16)")
     ap.add_argument("--backends", default="onnxruntime,openvino", help="exported backends to time beside torch ('' for none)")
+    ap.add_argument("--export-impls", default="reference,fast", help="the arithmetic of the exported graphs (avseg export --impl)")
     ap.add_argument("--weights", type=Path, help="a checkpoint instead of random weights of --preset")
     ap.add_argument("--miou", type=Path, help="with --weights: also score it on this dataset's test split per backend")
     args = ap.parse_args()
@@ -201,16 +203,18 @@ def main() -> None:
         files = {}
         for backend in backends:
             fmt = FORMAT_OF[backend]
-            done = export_model(ckpt, fmt, Path(tmp) / f"model-{fmt}{SUFFIX[fmt]}", model=copy.deepcopy(ref), sha256="0" * 64)
-            files[backend] = done.path
-            print(f"{'':26} avseg export --format {fmt}: {done.seconds:.1f} s, {done.bytes / 1e6:.1f} MB")
-            for prec in ("fp32",) if backend == "onnxruntime" else ("fp32", "auto"):
-                runner = open_runner(backend, done.path, precision=prec)
-                dt, out = _time_runner(runner, frames, log_mel, args.reps)
-                name = f"{backend} {prec}" + (f" ({runner.precision})" if prec == "auto" else "")
-                dtype = runner.precision if runner.precision in ceiling else "fp32"
-                print(f"{name:26} {args.frames / dt:8.3f} {base_t / dt:7.2f}x {100 * gflop * args.frames / dt / ceiling[dtype]:6.1f}%  "
-                      f"{_agree(out, base_out)}  (VGGish included)", flush=True)
+            for impl in args.export_impls.split(","):
+                done = export_model(ckpt, fmt, Path(tmp) / f"model-{impl}-{fmt}{SUFFIX[fmt]}", impl=impl,
+                                    model=copy.deepcopy(ref).set_impl(impl), sha256="0" * 64)
+                files.setdefault(backend, done.path)  # the first impl's file scores --miou
+                print(f"{'':26} avseg export --format {fmt} --impl {impl}: {done.seconds:.1f} s, {done.bytes / 1e6:.1f} MB")
+                for prec in ("fp32",) if backend == "onnxruntime" else ("fp32", "auto"):
+                    runner = open_runner(backend, done.path, precision=prec)
+                    dt, out = _time_runner(runner, frames, log_mel, args.reps)
+                    name = f"{backend} {prec}" + (f" ({runner.precision})" if prec == "auto" else "") + f" {impl[:3]}"
+                    dtype = runner.precision if runner.precision in ceiling else "fp32"
+                    print(f"{name:26} {args.frames / dt:8.3f} {base_t / dt:7.2f}x {100 * gflop * args.frames / dt / ceiling[dtype]:6.1f}%  "
+                          f"{_agree(out, base_out)}  (VGGish included)", flush=True)
         if args.miou and args.weights:
             _miou(args.weights, files, args.miou)
 

@@ -62,6 +62,9 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     for kind, ckpt in files.items():
         out[f"{kind}.onnx"] = export_model(ckpt, "onnx", base / f"{kind}.onnx").path
         out[f"{kind}.xml"] = export_model(ckpt, "openvino", base / f"{kind}.xml").path
+    # auto took the reference graph for onnx and the fast one for openvino; the other two combinations
+    out["binary.fast.onnx"] = export_model(files["binary"], "onnx", base / "binary-fast.onnx", impl="fast").path
+    out["semantic.ref.xml"] = export_model(files["semantic"], "openvino", base / "semantic-ref.xml", impl="reference").path
     return out
 
 
@@ -82,6 +85,33 @@ def test_exported_logits_match_torch_fp32_at_any_batch(tiny, kind, backend, suff
         gates = compare(got, ref)
         assert gates["max_rel"] < FP32_MAX_REL, gates
         assert gates["mask_equal"] >= FP32_MASK_EQUAL, gates
+
+
+@pytest.mark.parametrize("kind, backend, key, impl", [("binary", "onnxruntime", "binary.fast.onnx", "fast"),
+                                                      ("semantic", "openvino", "semantic.ref.xml", "reference")])
+def test_either_arithmetic_exports_with_a_dynamic_batch(tiny, kind, backend, key, impl):
+    """--impl fast traces the fast path (folded query products, phase up-convolution; its derived weights become
+    graph constants and its per-sample loop a batched GEMM); --impl reference the released arithmetic. Either
+    format, either graph: within the same tolerance of the torch reference at batch sizes it was not exported with."""
+    runner = open_runner(backend, tiny[key], precision="fp32")
+    assert runner.meta.impl == impl
+    for batch in (1, 3):
+        frames, log_mel = random_inputs(64, batch, seed=10 + batch)
+        gates = compare(runner(frames, log_mel), _torch_logits(tiny[kind], frames, log_mel))
+        assert gates["max_rel"] < FP32_MAX_REL and gates["mask_equal"] >= FP32_MASK_EQUAL, gates
+
+
+def test_exporting_leaves_the_model_as_it_was(tiny, tmp_path):
+    """Tracing the fast path through a loaded model: its caches stay empty of traced tensors, and the same
+    model then computes in eager mode exactly as a fresh one."""
+    model = load_model(tiny["binary"], impl="fast")
+    frames, log_mel = random_inputs(64, 2, seed=4)
+    with torch.inference_mode():
+        before = model(frames, log_mel)["pred_masks"]
+    export_model(tiny["binary"], "onnx", tmp_path / "m.onnx", impl="fast", model=model, sha256="0" * 64)
+    with torch.inference_mode():
+        after = model(frames, log_mel)["pred_masks"]
+    assert torch.equal(before, after)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -110,14 +140,16 @@ def test_the_file_carries_its_metadata(tiny, suffix, backend):
     meta = open_runner(backend, tiny[f"semantic.{suffix}"]).meta
     assert (meta.preset, meta.task, meta.num_classes, meta.image_size) == ("tiny", "avss", 71, 64)
     assert meta.source_sha256 == sha256sum(tiny["semantic"]) and meta.source_file == "semantic.safetensors"
-    assert meta.avseg_version == __version__ and meta.impl == "reference" and meta.opset >= 16
+    assert meta.avseg_version == __version__ and meta.opset >= 16
+    assert meta.impl == {"onnx": "reference", "xml": "fast"}[suffix]  # --impl auto: the faster graph for each runtime
     assert meta.config == load_model(tiny["semantic"]).config
 
 
-def test_the_graph_uses_standard_ops_only(tiny):
+@pytest.mark.parametrize("key", ["binary.onnx", "binary.fast.onnx"])
+def test_the_graph_uses_standard_ops_only(tiny, key):
     import onnx
 
-    model = onnx.load(str(tiny["binary.onnx"]))
+    model = onnx.load(str(tiny[key]))
     domains = {n.domain for n in model.graph.node} | {n.domain for f in model.functions for n in f.node}
     assert domains <= {"", "ai.onnx"}, domains  # no custom op
     ops = {n.op_type for n in model.graph.node} | {n.op_type for f in model.functions for n in f.node}
@@ -241,6 +273,7 @@ def test_bad_files_are_one_line(tiny, tmp_path):
     assert not (tmp_path / "o" / "demo").exists()
     _one_line_error(run_cli("export", tiny["binary"], "--format", "tflite", "--out", tmp_path / "m.tflite"), "--format must be onnx or openvino")
     _one_line_error(run_cli("export", tiny["binary"], "--format", "openvino", "--out", tmp_path / "m.onnx"), "writes a .xml file")
+    _one_line_error(run_cli("export", tiny["binary"], "--format", "onnx", "--impl", "quick", "--out", tmp_path / "m.onnx"), "--impl must be auto, reference or fast")
 
 
 def test_a_cached_export_of_another_checkpoint_is_refused(tiny, home):

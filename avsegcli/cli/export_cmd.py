@@ -18,6 +18,7 @@ def export(
     weights: str = typer.Argument(..., metavar="PATH|NAME", help="The checkpoint to export: the authors' .pth, our .safetensors, or a name from `avseg weights list`."),
     fmt: str = typer.Option(..., "--format", "-f", help="onnx (one .onnx file; onnxruntime, TensorRT, ...) or openvino (IR: .xml + .bin)."),
     out: Path = typer.Option(..., "--out", "-o", help="The file to write: .onnx for onnx, .xml for openvino (its .bin beside it)."),
+    impl: str = typer.Option("auto", "--impl", help="The arithmetic traced: reference (the released one, op for op), fast (fewer FLOPs: folded query products, phase up-convolution) or auto (the faster for the format's runtime: reference for onnx, fast for openvino; see docs/export.md)."),
     check: bool = typer.Option(False, "--check", help="Also run the file (onnxruntime or OpenVINO, fp32) and torch fp32 on the same random batch of 2 and print the accuracy gates."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     offline: Offline = False,
@@ -35,7 +36,7 @@ def export(
     path = resolve_weights(weights)
     console = Console(stderr=True)
     with console.status(f"exporting {path.name} to {fmt}", spinner="dots") if not (quiet or as_json) else _nothing():
-        done = export_model(path, fmt, out)
+        done = export_model(path, fmt, out, impl=impl)
     result = {"file": str(done.path), "format": done.format, "bytes": done.bytes, "seconds": round(done.seconds, 2),
               **{k: v for k, v in done.meta.to_strings().items() if k not in ("config", "inputs", "outputs", "mean", "std")},
               "inputs": done.meta.to_strings()["inputs"], "outputs": done.meta.to_strings()["outputs"]}
@@ -52,7 +53,7 @@ def export(
     table.add_column(overflow="fold")
     rows = [("format", done.format), ("size", f"{done.bytes / 1e6:.1f} MB"), ("export time", f"{done.seconds:.1f} s"),
             ("preset / task", f"{done.meta.preset} / {done.meta.task} ({done.meta.num_classes} class{'es' if done.meta.num_classes > 1 else ''})"),
-            ("input size", f"{done.meta.image_size} px"), ("inputs", result["inputs"]), ("outputs", result["outputs"]),
+            ("input size", f"{done.meta.image_size} px"), ("arithmetic", done.meta.impl), ("inputs", result["inputs"]), ("outputs", result["outputs"]),
             ("source", f"{done.meta.source_file} (sha256 {done.meta.source_sha256})")]
     if check:
         c = result["check"]

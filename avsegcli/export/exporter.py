@@ -5,10 +5,14 @@ audio path is small (VGGish is about 1% of a frame's FLOPs at 224 px, 0.2% at 51
 once per frame instead of once per audio second, which is the same count at ``avseg run``'s default of one frame
 per second.
 
-The graph is the reference arithmetic (``impl="reference"``, float32): the released model op for op, made of
-standard ops only (the deformable attention's sampling is ``GridSample``; opset 18). The fast path's rewrites
-are PyTorch-side scheduling (folded query products, phase kernels cached on the module, channels_last) that the
-runtimes' own graph optimisers do in their way. The batch dimension is dynamic; the input size is the preset's.
+The graph is float32 and made of standard ops only (the deformable attention's sampling is ``GridSample``;
+opset 18). By default it is the reference arithmetic (``impl="reference"``): the released model op for op.
+``impl="fast"`` traces the fast path instead (the query products folded into the first query-MLP layer, the x4
+up-sampling and 3x3 convolution as one low-resolution phase convolution: fewer FLOPs; the derived weights become
+constants of the graph, and the per-sample GEMM loop becomes one batched GEMM per pixel chunk while tracing).
+Which is faster depends on the runtime (``docs/export.md``, s4-r50: OpenVINO in bf16 gains 1.37x from it,
+onnxruntime in fp32 loses 1.16x), so ``impl="auto"`` (the default) takes the reference graph for ONNX files and
+the fast one for OpenVINO IR. The batch dimension is dynamic; the input size is the preset's.
 
 Only the maintained exporters are used: ``torch.onnx.export(dynamo=True)`` (with onnxscript) writes the ONNX
 file, and ``openvino.convert_model`` turns that file into OpenVINO IR (``.xml`` + ``.bin``, float32 weights:
@@ -36,6 +40,10 @@ from avsegcli.modeling.avsegformer import AVSegFormer
 from avsegcli.weights import load_model, sha256sum
 
 OPSET = 18
+#: ``impl="auto"``: the graph each runtime ran faster (benchmarks/bench_forward.py, docs/export.md): onnxruntime the
+#: reference arithmetic (fp32 at s4-r50: 0.552 vs 0.475 frames/s), OpenVINO the fast one (bf16: 1.879 vs 1.371;
+#: f32: 0.612 vs 0.606)
+AUTO_IMPL = {"onnx": "reference", "openvino": "fast"}
 INSTALL = {"onnx": "pip install 'avseg[onnx]' (or pip install -e '.[onnx]' in a checkout)",
            "openvino": "pip install 'avseg[openvino]' (or pip install -e '.[openvino]' in a checkout)"}
 
@@ -107,17 +115,22 @@ def _openvino(onnx_file: Path, meta: ExportMeta, dest_xml: Path) -> None:
     ov.save_model(ir, str(dest_xml), compress_to_fp16=False)
 
 
-def _model(weights: str | Path) -> tuple[AVSegFormer, str]:
-    model = load_model(weights, device="cpu", impl="reference").float().eval()
+def _model(weights: str | Path, impl: str) -> tuple[AVSegFormer, str]:
+    model = load_model(weights, device="cpu", impl=impl).float().eval()
     return model, sha256sum(weights)
 
 
-def export_model(weights: str | Path, fmt: str, out: str | Path, *, model: AVSegFormer | None = None,
+def export_model(weights: str | Path, fmt: str, out: str | Path, *, impl: str = "auto", model: AVSegFormer | None = None,
                  sha256: str | None = None) -> Exported:
     """Export the checkpoint ``weights`` to ``out`` (``.onnx``, or ``.xml`` + ``.bin``) in ``fmt`` (``onnx`` or
-    ``openvino``). ``model``/``sha256``: already loaded (the same checkpoint), to skip loading it again."""
+    ``openvino``). ``impl``: the arithmetic traced, ``reference``, ``fast`` or ``auto`` (:data:`AUTO_IMPL`, the
+    faster for the format's runtime; see the module's doc).
+    ``model``/``sha256``: already loaded (the same checkpoint), to skip loading it again."""
     if fmt not in FORMATS:
         raise AvsegError(f"--format must be {' or '.join(FORMATS)}, not {fmt!r}")
+    if impl not in ("auto", "reference", "fast"):
+        raise AvsegError(f"--impl must be auto, reference or fast, not {impl!r}")
+    impl = AUTO_IMPL[fmt] if impl == "auto" else impl
     out = Path(out)
     if out.suffix != SUFFIX[fmt]:
         raise AvsegError(f"--format {fmt} writes a {SUFFIX[fmt]} file", path=out)
@@ -129,8 +142,8 @@ def export_model(weights: str | Path, fmt: str, out: str | Path, *, model: AVSeg
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if model is None:
-        model, sha256 = _model(weights)
-    meta = describe(model.config, model.num_classes, sha256 or sha256sum(weights), weights, OPSET)
+        model, sha256 = _model(weights, impl)
+    meta = describe(model.config, model.num_classes, sha256 or sha256sum(weights), weights, OPSET, model.impl)
     with tempfile.TemporaryDirectory(prefix=".avseg-export-", dir=out.parent) as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         _onnx(model, meta, onnx_file)

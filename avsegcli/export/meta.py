@@ -51,11 +51,11 @@ class ExportMeta:
                 "opset": str(self.opset), **IO_DOC, "config": json.dumps(self.config, sort_keys=True)}
 
 
-def describe(config: dict[str, Any], num_classes: int, sha256: str, source: str | Path, opset: int) -> ExportMeta:
+def describe(config: dict[str, Any], num_classes: int, sha256: str, source: str | Path, opset: int, impl: str) -> ExportMeta:
     """The metadata of an export of a model with ``config`` (its preset dict) from the checkpoint ``source``."""
     return ExportMeta(preset=str(config.get("name")), task=str(config.get("task") or ("avss" if num_classes > 1 else "s4")),
                       num_classes=int(num_classes), image_size=int(config["image_size"]), source_sha256=sha256,
-                      source_file=Path(source).name, config=dict(config), opset=opset)
+                      source_file=Path(source).name, config=dict(config), opset=opset, impl=impl)
 
 
 def parse(pairs: dict[str, str], path: str | Path) -> ExportMeta:

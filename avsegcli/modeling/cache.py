@@ -10,13 +10,18 @@ under it (loading, casting, moving between devices).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 CACHE_ATTR = "_avseg_cache"
 
 
 def module_cache(module: nn.Module) -> dict:
-    """The cache ``module`` owns (created empty on first use)."""
+    """The cache ``module`` owns (created empty on first use). While ``torch.export`` traces the model
+    (``avseg export``) it is a fresh dict on every call: what the fast path derives becomes part of the graph, and
+    no traced tensor stays in the module."""
+    if torch.compiler.is_exporting():
+        return {}
     return module.__dict__.setdefault(CACHE_ATTR, {})
 
 

@@ -59,6 +59,15 @@ class QueryMLP(nn.Module):
         w1 = torch.matmul(first.weight.flatten(1), queries).transpose(1, 2)  # [N, C, hidden] = (W1 q)^T
         # with autograd or autocast (whose casts never apply to out= variants): chunks are concatenated instead of
         # written in place
+        if torch.compiler.is_exporting():  # one graph for any batch size: the samples of a chunk in one batched GEMM
+            parts = []
+            for i in range(0, h * w, chunk):
+                xb = x[:, i:i + chunk]  # [N, p, C]
+                y = torch.baddbmm(first.bias.view(1, 1, -1), xb, w1).relu()  # [N, p, hidden]
+                for layer in middle:
+                    y = F.linear(y, layer.weight.flatten(1), layer.bias).relu()
+                parts.append(F.linear(y, last.weight.flatten(1), last.bias) + xb)
+            return torch.cat(parts, 1).view(n, h, w, -1).permute(0, 3, 1, 2)
         grad = torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type)
         out = None if grad else torch.empty(n, h * w, last.out_channels, dtype=x.dtype, device=x.device)  # [N, P, C]
         parts = []
