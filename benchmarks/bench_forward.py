@@ -239,9 +239,8 @@ def _miou(weights: Path, files: dict[str, Path], data: Path) -> None:
     runs = [("torch fp32", weights, "fp32", "torch"), ("torch auto", weights, "auto", "torch")]
     for backend, path in files.items():
         runs += [(f"{backend} {p}", path, p, backend) for p in (("fp32",) if backend == "onnxruntime" else ("fp32", "auto"))]
-    base = None
+    base, task = None, load_model(weights).config.get("task") or "s4"
     for label, path, prec, backend in runs:
-        task = load_model(weights).config.get("task") or "s4"
         res = evaluate_options(EvalOptions(task=task, data=data, weights=path, precision=prec, backend=backend, device="cpu", quiet=True))
         o = res["overall"]["official"]
         base = o["miou"] if base is None else base

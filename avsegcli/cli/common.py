@@ -62,12 +62,10 @@ def set_verbosity(verbose: bool, quiet: bool) -> int:
     if verbose and quiet:
         raise AvsegError("--verbose and --quiet contradict each other: give one")
     _LEVEL["level"] = 1 if verbose else (-1 if quiet else 0)
-    if quiet:  # no download bar either
-        from avsegcli.export.cache import show_progress
+    if quiet:  # no download bar (nor on-the-fly export spinner) either
         from avsegcli.hub.download import show_progress_bars
 
         show_progress_bars(False)
-        show_progress(False)
     return _LEVEL["level"]
 
 

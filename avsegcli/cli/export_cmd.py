@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -35,11 +36,11 @@ def export(
     set_offline(offline)
     path = resolve_weights(weights)
     console = Console(stderr=True)
-    with console.status(f"exporting {path.name} to {fmt}", spinner="dots") if not (quiet or as_json) else _nothing():
+    with console.status(f"exporting {path.name} to {fmt}", spinner="dots") if not (quiet or as_json) else contextlib.nullcontext():
         done = export_model(path, fmt, out, impl=impl)
+    meta = done.meta.to_strings()
     result = {"file": str(done.path), "format": done.format, "bytes": done.bytes, "seconds": round(done.seconds, 2),
-              **{k: v for k, v in done.meta.to_strings().items() if k not in ("config", "inputs", "outputs", "mean", "std")},
-              "inputs": done.meta.to_strings()["inputs"], "outputs": done.meta.to_strings()["outputs"]}
+              **{k: v for k, v in meta.items() if k not in ("config", "mean", "std")}}
     if check:
         runner = open_runner(CHECK_BACKEND[fmt], done.path, precision="fp32")
         result["check"] = {"backend": runner.name, "precision": runner.precision, **check_runner(runner, path)}
@@ -62,11 +63,3 @@ def export(
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

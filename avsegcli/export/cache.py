@@ -19,16 +19,11 @@ from avsegcli.export.exporter import export_model
 from avsegcli.export.meta import SUFFIX, check_source
 from avsegcli.export.runners import FORMAT_OF, Runner, open_runner
 from avsegcli.home import avseg_home
+from avsegcli.hub.download import progress_bars_on
 from avsegcli.weights import sha256sum
 
 EXPORTED_SUFFIXES = (".onnx", ".xml")
 LOCK_WAIT_S = 3600.0  # an export of the largest preset takes minutes on a small machine
-_SPINNER = {"on": True}  # `avseg ... -q` turns it off (avsegcli.cli.common.set_verbosity)
-
-
-def show_progress(on: bool) -> None:
-    """Whether an on-the-fly export shows a spinner on stderr (it takes seconds to minutes, once per checkpoint)."""
-    _SPINNER["on"] = on
 
 
 def exports_dir() -> Path:
@@ -49,7 +44,7 @@ def cached_export(weights: Path, fmt: str, sha256: str | None = None) -> Path:
     with FileLock(str(folder / f"{sha256[:16]}-{fmt}.lock"), timeout=LOCK_WAIT_S):
         if not path.is_file():
             console = Console(stderr=True)
-            if _SPINNER["on"] and console.is_terminal:
+            if progress_bars_on() and console.is_terminal:  # seconds to minutes, once per checkpoint (off with -q)
                 with console.status(f"exporting {weights.name} to {fmt} for this backend (once; cached in {folder})"):
                     export_model(weights, fmt, path)
             else:
@@ -68,5 +63,5 @@ def runner_for(backend: str, weights: Path, *, precision: str, device: str) -> R
     sha256 = sha256sum(weights)
     path = cached_export(Path(weights), FORMAT_OF[backend], sha256)
     runner = open_runner(backend, path, precision=precision, device=device)
-    check_source(runner.meta, sha256, None, path)
+    check_source(runner.meta, sha256, path)
     return runner

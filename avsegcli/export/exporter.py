@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from avsegcli.errors import AvsegError
 from avsegcli.export.meta import FORMATS, INPUTS, OUTPUT, SUFFIX, ExportMeta, describe
+from avsegcli.export.runners import require
 from avsegcli.modeling.avsegformer import AVSegFormer
 from avsegcli.weights import load_model, sha256sum
 
@@ -44,8 +45,6 @@ OPSET = 18
 #: reference arithmetic (fp32 at s4-r50: 0.552 vs 0.475 frames/s), OpenVINO the fast one (bf16: 1.879 vs 1.371;
 #: f32: 0.612 vs 0.606)
 AUTO_IMPL = {"onnx": "reference", "openvino": "fast"}
-INSTALL = {"onnx": "pip install 'avseg[onnx]' (or pip install -e '.[onnx]' in a checkout)",
-           "openvino": "pip install 'avseg[openvino]' (or pip install -e '.[openvino]' in a checkout)"}
 
 
 class LogitsGraph(nn.Module):
@@ -73,14 +72,7 @@ class Exported:
 
 
 def _import(module: str, fmt: str):
-    try:
-        if module == "onnxscript":
-            import onnxscript  # lazy: optional extra (torch.onnx's dynamo exporter needs it)
-            return onnxscript
-        import openvino  # lazy: optional extra
-        return openvino
-    except ImportError:
-        raise AvsegError(f"--format {fmt} needs {module}, an optional extra: {INSTALL[fmt]}") from None
+    return require(module, fmt, f"--format {fmt} needs {module}, an optional extra")
 
 
 def _onnx(model: AVSegFormer, meta: ExportMeta, dest: Path) -> None:
@@ -108,7 +100,7 @@ def _onnx(model: AVSegFormer, meta: ExportMeta, dest: Path) -> None:
 
 
 def _openvino(onnx_file: Path, meta: ExportMeta, dest_xml: Path) -> None:
-    ov = _import("openvino", "openvino")
+    ov = _import("openvino", "openvino")  # checked by export_model before any work
     ir = ov.convert_model(str(onnx_file))
     for key, value in meta.to_strings().items():
         ir.set_rt_info(value, ["avseg", key])

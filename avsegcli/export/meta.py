@@ -88,8 +88,8 @@ def check_graph(meta: ExportMeta, frames_shape: list, logits_shape: list, path: 
                          f"{meta.preset} ({k} classes at {s} px): exported for another preset", path=path)
 
 
-def check_source(meta: ExportMeta, sha256: str, preset: str | None, path: str | Path) -> None:
-    """An export against the checkpoint it should come from (the on-the-fly cache, ``--weights CKPT --export``)."""
-    if meta.source_sha256 != sha256 or (preset is not None and meta.preset != preset):
+def check_source(meta: ExportMeta, sha256: str, path: str | Path) -> None:
+    """A cached export against the checkpoint (``sha256``) it should come from."""
+    if meta.source_sha256 != sha256:
         raise AvsegError(f"was exported from {meta.source_file} ({meta.preset}, sha256 {meta.source_sha256[:12]}), not from "
-                         f"this checkpoint ({preset}, sha256 {sha256[:12]})", path=path)
+                         f"this checkpoint (sha256 {sha256[:12]})", path=path)

@@ -13,31 +13,33 @@ and ``fp16`` ask for one by name. The precision that ran is :attr:`Runner.precis
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from avsegcli.errors import AvsegError
-from avsegcli.export.meta import INPUTS, ExportMeta, check_graph, parse
+from avsegcli.export.meta import INPUTS, KEYS, ExportMeta, check_graph, parse
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 FORMAT_OF = {"onnxruntime": "onnx", "openvino": "openvino"}
-INSTALL = {"onnxruntime": "pip install 'avseg[onnx]' (or pip install -e '.[onnx]' in a checkout)",
-           "openvino": "pip install 'avseg[openvino]' (or pip install -e '.[openvino]' in a checkout)"}
+EXTRA_OF = {"onnxruntime": "onnx", "openvino": "openvino"}  # the pip extra that installs each backend
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _OV_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
-def _import(backend: str):
+def require(module: str, extra: str, missing: str):
+    """``module`` (an optional extra's package, imported only when used), or one :class:`AvsegError` line:
+    ``missing``, then how to install ``extra``."""
     try:
-        if backend == "onnxruntime":
-            import onnxruntime  # lazy: optional extra
-            return onnxruntime
-        import openvino  # lazy: optional extra
-        return openvino
+        return importlib.import_module(module)
     except ImportError:
-        raise AvsegError(f"--backend {backend} is not installed: {INSTALL[backend]}") from None
+        raise AvsegError(f"{missing}: pip install 'avseg[{extra}]' (or pip install -e '.[{extra}]' in a checkout)") from None
+
+
+def _import(backend: str):
+    return require(backend, EXTRA_OF[backend], f"--backend {backend} is not installed")
 
 
 def _first_line(err: BaseException) -> str:
@@ -136,11 +138,7 @@ class OpenVinoRunner(Runner):
             model = core.read_model(str(path), str(Path(path).with_suffix(".bin")))
         except Exception as e:  # openvino raises RuntimeError subclasses of its own
             raise AvsegError(f"OpenVINO cannot read this file as an IR model: {_first_line(e)}", path=path) from None
-        pairs = {}
-        for key in ("format_version", "avseg_version", "preset", "task", "num_classes", "image_size", "mean", "std",
-                    "source_sha256", "source_file", "impl", "opset", "config"):
-            if model.has_rt_info(["avseg", key]):
-                pairs[key] = model.get_rt_info(["avseg", key]).astype(str)
+        pairs = {key: model.get_rt_info(["avseg", key]).astype(str) for key in KEYS if model.has_rt_info(["avseg", key])}
         meta = parse(pairs, path)
         names = tuple(p.get_any_name() for p in model.inputs)
         if names != INPUTS:

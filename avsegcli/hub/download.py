@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from avsegcli.errors import DownloadError, os_reason
+from avsegcli.hub import cache
+from avsegcli.hub.registry import ReleasedCheckpoint, drive_id, page_url, source_urls
 
 if TYPE_CHECKING:
     import requests
-from avsegcli.hub import cache
-from avsegcli.hub.registry import ReleasedCheckpoint, drive_id, page_url, source_urls
 
 TIMEOUT_ENV = "AVSEG_DOWNLOAD_TIMEOUT"  # seconds to connect and between two reads (default 30)
 ProgressFn = Callable[[int, "int | None"], None]  # (bytes so far, total or None)
@@ -34,6 +34,11 @@ _BAR = {"on": True}  # the process's default: the CLI turns the bar off for --qu
 def show_progress_bars(on: bool) -> None:
     """Whether downloads draw a Rich bar on stderr by default (``--quiet`` turns it off)."""
     _BAR["on"] = on
+
+
+def progress_bars_on() -> bool:
+    """The process's default for progress display on stderr (downloads, on-the-fly exports)."""
+    return _BAR["on"]
 
 
 def timeout_s() -> float:
