@@ -17,6 +17,7 @@ from avsegcli.modeling import AVSegFormer, AVSegHead
 from avsegcli.modeling.attention import Attention, multihead_attention
 from avsegcli.modeling.deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_accumulate
 from avsegcli.modeling.impl import fast_variants, use_impl
+from avsegcli.modeling.mixer import CrossModalMixer
 from avsegcli.modeling.upconv import _phase_taps, upsample_conv3x3
 from avsegcli.weights import load_model, save_checkpoint
 
@@ -84,7 +85,7 @@ def test_set_impl_is_the_one_switch():
     module below the model carries the choice, and a copy of a fast model runs fast on its own modules."""
     model = avsegcli.build_model("tiny")
     expected = {AVSegFormer: {"forward"}, Attention: {"forward"}, MSDeformAttn: {"forward"},
-                AVSegHead: {"predict", "intermediate_mask"}}
+                CrossModalMixer: {"forward"}, AVSegHead: {"predict", "intermediate_mask"}}
     assert {type(m) for m in model.modules()} >= set(expected)
     for m in model.modules():
         assert {name for name, _ in fast_variants(type(m))} == expected.get(type(m), set()), type(m)
@@ -160,7 +161,16 @@ def test_load_model_impl_and_fast_backward(tmp_path):
     assert load_model(path).impl == "fast" and load_model(path, impl="reference").impl == "reference"
     with pytest.raises(ValueError):
         load_model(path, impl="turbo")
-    ref, fast = _pair("tiny")
+    torch.manual_seed(0)
+    ref = avsegcli.build_model("tiny")
+    # At initialisation every deformable sampling point sits exactly on a pixel centre, where bilinear sampling
+    # has no derivative in the location: each sampler then takes a one-sided one, and which side depends on the
+    # last bit of the coordinate. Shift the points off the centres so that the gradients are defined.
+    with torch.no_grad():
+        for mod in ref.modules():
+            if isinstance(mod, MSDeformAttn):
+                mod.sampling_offsets.bias.add_(torch.rand_like(mod.sampling_offsets.bias) * 0.8 + 0.1)
+    fast = copy.deepcopy(ref).set_impl("fast")
     x, a = torch.randn(2, 3, 64, 64), torch.randn(2, 1, 96, 64)
     ref(x, a)["pred_masks"].square().sum().backward()
     fast(x, a)["pred_masks"].square().sum().backward()
@@ -180,24 +190,27 @@ def test_cast_for_inference_keeps_sensitive_parts_float32():
     seen = {}
 
     def grab(fn):
-        def wrapper(value, shapes, locations, weights):
-            seen["locations"], seen["value"] = locations.dtype, value.dtype
-            return fn(value, shapes, locations, weights)
+        def wrapper(value, shapes, coords, weights):
+            out = fn(value, shapes, coords, weights)
+            seen["coords"] = {t.dtype for xy in coords for t in xy}
+            seen["weights"], seen["samples"] = weights.dtype, out.dtype
+            return out
         return wrapper
 
     import avsegcli.modeling.deform_attn as da
-    orig = da.ms_deform_attn_accumulate
-    da.ms_deform_attn_accumulate = grab(orig)
+    orig = da.gather_bilinear
+    da.gather_bilinear = grab(orig)
     feats_dtype = {}
     hook = model.head.register_forward_pre_hook(lambda mod, args: feats_dtype.update(f={t.dtype for t in args[0]}))
     try:
         with torch.inference_mode():
             out = model(torch.randn(2, 3, 64, 64), torch.randn(2, 1, 96, 64), frame_valid=torch.tensor([1.0, 0.0]))
     finally:
-        da.ms_deform_attn_accumulate = orig
+        da.gather_bilinear = orig
         hook.remove()
     assert out["pred_masks"].dtype == torch.float32  # logits in float32
-    assert seen == {"locations": torch.float32, "value": torch.float32}  # sampling in float32
+    # sampling in float32: pixel coordinates, weights and the samples (from a float32 table of bf16 values)
+    assert seen == {"coords": {torch.float32}, "weights": torch.float32, "samples": torch.float32}
     assert feats_dtype["f"] == {torch.bfloat16}  # the valid-frame flag does not upcast the features
     assert out["pred_masks"][1].abs().max() == 0
 
@@ -249,3 +262,28 @@ def test_compile_traces_the_bound_fast_methods():
         compiled = torch.compile(fast, dynamic=False, backend="eager")(x, audio_embedding=emb)["pred_masks"]
         assert not torch.equal(eager, ref(x, audio_embedding=emb)["pred_masks"])
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mixer_folded_projections_equal_the_reference(channels_last):
+    """CrossModalMixer.forward_fast (keys and values never formed: Wk^T q and Wv after pooling) in float64."""
+    torch.manual_seed(0)
+    mixer = CrossModalMixer(dim=32, num_heads=4).double()
+    fmap, audio = torch.randn(2, 32, 5, 7, dtype=torch.float64), torch.randn(2, 1, 32, dtype=torch.float64)
+    if channels_last:
+        fmap = fmap.contiguous(memory_format=torch.channels_last)
+    ref = mixer(fmap, audio)
+    assert ref.shape == fmap.shape and (mixer.forward_fast(fmap, audio) - ref).abs().max() < 1e-13  # measured 4e-16
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_attention_to_a_single_key_is_its_projected_value(bias):
+    """The audio cross-attention of the query generator has one key: the fast path skips the softmax it does not
+    need (its weight is exactly 1) and gives every query the projected value."""
+    torch.manual_seed(0)
+    mha = Attention(32, 4, bias=bias, batch_first=True).double().eval()
+    q, audio = torch.randn(3, 9, 32, dtype=torch.float64), torch.randn(3, 1, 32, dtype=torch.float64)
+    ref = mha(q, audio, audio, need_weights=False)[0]
+    got = multihead_attention(mha, q, audio, audio)
+    assert got.shape == ref.shape and (got - ref).abs().max() < 1e-13
+    assert not torch.equal(got[:, 0], multihead_attention(mha, q, q[:, :1], q[:, :1])[:, 0])  # it reads the key's value

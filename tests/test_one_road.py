@@ -169,7 +169,8 @@ class _DtypeRules(TorchDispatchMode):
 
     ONE_DTYPE = ("mm", "addmm", "bmm", "baddbmm", "matmul", "einsum", "linear", "conv", "_convolution", "layer_norm",
                  "native_layer_norm", "group_norm", "native_group_norm", "batch_norm", "native_batch_norm",
-                 "_native_batch_norm", "grid_sampler", "scaled_dot_product", "_scaled_dot_product", "addcmul")
+                 "_native_batch_norm", "grid_sampler", "scaled_dot_product", "_scaled_dot_product", "addcmul",
+                 "embedding_bag", "_embedding_bag", "_embedding_bag_forward_only")
 
     def __init__(self):
         super().__init__()
@@ -209,7 +210,8 @@ def test_inference_never_autocasts_and_every_kernel_sees_one_dtype(mode, impl, c
         h.remove()
     assert seen and not any(seen)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    assert {"conv2d", "layer_norm", "group_norm", "grid_sampler", "linear"} <= rules.ops
+    sampler = {"reference": "grid_sampler", "fast": "embedding_bag"}[impl]  # the deformable attention's
+    assert {"conv2d", "layer_norm", "group_norm", sampler, "linear"} <= rules.ops
     assert rules.mixed == [], sorted(set(rules.mixed))
 
 

@@ -38,6 +38,7 @@ from avsegcli.errors import AvsegError
 from avsegcli.export.meta import FORMATS, INPUTS, OUTPUT, SUFFIX, ExportMeta, describe
 from avsegcli.export.runners import require
 from avsegcli.modeling.avsegformer import AVSegFormer
+from avsegcli.modeling.deform_attn import grid_sample_for_export
 from avsegcli.weights import load_model, sha256sum
 
 OPSET = 18
@@ -85,7 +86,7 @@ def _onnx(model: AVSegFormer, meta: ExportMeta, dest: Path) -> None:
     # none of it is for our user (a failure still raises)
     quiet = logging.getLogger("onnxscript")
     level = quiet.level
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with torch.no_grad(), grid_sample_for_export(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         quiet.setLevel(logging.ERROR)
         try:

@@ -18,11 +18,15 @@ def multihead_attention(attn: nn.MultiheadAttention, query: Tensor, key: Tensor,
 
     Args:
         query: ``[N, Lq, C]``; key, value: ``[N, Lk, C]``.
-    Returns ``[N, Lq, C]``.
+    Returns ``[N, Lq, C]`` (with a single key, ``Lk == 1`` as for the audio feature, an expanded view: every query
+    attends to that key alone).
     """
     n, lq, c = query.shape
     h = attn.num_heads
     w, b = attn.in_proj_weight, attn.in_proj_bias
+    if key.shape[1] == 1:  # one key: its softmax weight is exactly 1, so every query gets the projected value
+        wv, bv = w[2 * c:], None if b is None else b[2 * c:]
+        return attn.out_proj(F.linear(value, wv, bv)).expand(n, lq, c)
     if query is key and key is value:
         q, k, v = F.linear(query, w, b).chunk(3, dim=-1)
     else:

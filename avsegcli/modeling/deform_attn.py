@@ -1,12 +1,21 @@
 """Multi-scale deformable attention (Deformable DETR), pure PyTorch.
 
-The sampling is one ``F.grid_sample`` per level, which runs on CPU and GPU, in any dtype, with autograd.
-No compiled kernel is needed; a faster kernel, if one is ever added, must be chosen explicitly and tested
-against :func:`ms_deform_attn` (see ``tests/test_deform_attn.py``).
+Three samplers, each the same function within float rounding, each pure PyTorch (CPU and GPU, autograd):
+
+* :func:`ms_deform_attn`: the reference, one ``F.grid_sample`` per level, op for op as released;
+* :func:`~avsegcli.modeling.deform_gather.ms_deform_attn_gather`: the fast path's (``impl="fast"``): the four
+  bilinear taps of every point become rows of a value table framed with zeros, summed with their weights by one
+  ``F.embedding_bag`` (:mod:`avsegcli.modeling.deform_gather`);
+* :func:`ms_deform_attn_accumulate`: grid_sample again, laid out for accumulation; what the fast path traces for
+  ``avseg export`` (:func:`grid_sample_for_export`: ONNX has no embedding-bag operator, GridSample is standard).
+
+No compiled kernel is needed; each is tested against :func:`ms_deform_attn` (``tests/test_deform_attn.py``,
+``tests/test_fast_path.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -15,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avsegcli.modeling.cache import module_cache
+from avsegcli.modeling.deform_gather import gather_bilinear, softmax_rows
 
 
 def ms_deform_attn(
@@ -79,11 +89,29 @@ def ms_deform_attn_accumulate(
     return out.view(n, m * d, lq).transpose(1, 2).contiguous()
 
 
+#: True while :func:`grid_sample_for_export` is active: the fast path then samples with grid_sample.
+_FOR_EXPORT = False
+
+
+@contextlib.contextmanager
+def grid_sample_for_export():
+    """While ``avseg export`` traces the fast path: sample with :func:`ms_deform_attn_accumulate` (grid_sample,
+    ONNX's GridSample) instead of the embedding bag, which ONNX lacks. An explicit switch, not
+    ``torch.compiler.is_exporting()``, which Dynamo also reads as True under ``torch.compile``."""
+    global _FOR_EXPORT
+    before, _FOR_EXPORT = _FOR_EXPORT, True
+    try:
+        yield
+    finally:
+        _FOR_EXPORT = before
+
+
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention with learned offsets and weights (state-dict names as released).
 
     :meth:`forward` samples with :func:`ms_deform_attn` (the reference), :meth:`forward_fast` with
-    :func:`ms_deform_attn_accumulate` (:mod:`avsegcli.modeling.impl`).
+    :func:`~avsegcli.modeling.deform_gather.gather_bilinear` (:mod:`avsegcli.modeling.impl`), or with
+    :func:`ms_deform_attn_accumulate` for ``avseg export`` (:func:`grid_sample_for_export`).
     """
 
     def __init__(self, *, dim: int = 256, num_levels: int = 3, num_heads: int = 8, num_points: int = 4) -> None:
@@ -132,18 +160,36 @@ class MSDeformAttn(nn.Module):
             ``[N, Lq, C]``.
         """
         v, locations, weights = self._sampling(query, reference_points, value, spatial_shapes)
-        return self.output_proj(ms_deform_attn(v, spatial_shapes, locations, weights).to(query.dtype))
+        return self.output_proj(ms_deform_attn(v.float(), spatial_shapes, locations, weights).to(query.dtype))
 
     def forward_fast(self, query: Tensor, reference_points: Tensor, value: Tensor,
                      spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
-        """:meth:`forward` (same arguments and shapes), sampling with :func:`ms_deform_attn_accumulate`."""
-        v, locations, weights = self._sampling(query, reference_points, value, spatial_shapes)
-        return self.output_proj(ms_deform_attn_accumulate(v, spatial_shapes, locations, weights).to(query.dtype))
+        """:meth:`forward` (same arguments and shapes, the same function within float rounding), sampling with
+        :func:`~avsegcli.modeling.deform_gather.gather_bilinear` at pixel coordinates made straight from the
+        reference points and the offsets (which are in pixels: no normalising by ``(W_l, H_l)`` and back), with
+        the weights' softmax as elementwise ops (:func:`~avsegcli.modeling.deform_gather.softmax_rows`).
+        Coordinates, weights and samples are float32 whatever the working dtype. Under
+        :func:`grid_sample_for_export`: :meth:`_sampling` and :func:`ms_deform_attn_accumulate`."""
+        if _FOR_EXPORT:
+            v, locations, weights = self._sampling(query, reference_points, value, spatial_shapes)
+            return self.output_proj(ms_deform_attn_accumulate(v.float(), spatial_shapes, locations, weights).to(query.dtype))
+        n, lq, _ = query.shape
+        m, lv, p = self.num_heads, self.num_levels, self.num_points
+        v = self.value_proj(value).view(n, value.shape[1], m, self.dim // m)
+        offsets = self.sampling_offsets(query).view(n, lq, m, lv, p, 2)
+        weights = softmax_rows(self.attention_weights(query).view(n, lq, m, lv * p)).view(n, lq, m, lv, p)
+        ref = reference_points.float()
+        coords = []  # per level: x = ref_x * W_l - 0.5 + offset_x, + 1 for the table's frame (y likewise)
+        for lvl, (h, w) in enumerate(spatial_shapes):
+            start = [(ref[:, :, lvl, i] * size + 0.5)[:, :, None, None] for i, size in enumerate((w, h))]  # [N, Lq, 1, 1]
+            coords.append(tuple(torch.add(offsets[:, :, :, lvl, :, i], start[i]) for i in (0, 1)))  # float32 [N, Lq, M, P]
+        return self.output_proj(gather_bilinear(v, spatial_shapes, coords, weights).to(query.dtype))
 
     def _sampling(self, query: Tensor, reference_points: Tensor, value: Tensor,
                   spatial_shapes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
-        """The sampler's arguments, all float32: values ``[N, S, M, D]``, locations ``[N, Lq, M, L, P, 2]`` and
-        weights ``[N, Lq, M, L, P]`` (arguments as in :meth:`forward`)."""
+        """The sampler's arguments: values ``[N, S, M, D]`` in the working dtype (each sampler computes in
+        float32), and in float32 the locations ``[N, Lq, M, L, P, 2]`` and weights ``[N, Lq, M, L, P]``
+        (arguments as in :meth:`forward`)."""
         n, lq, _ = query.shape
         s = value.shape[1]
         m, lv, p = self.num_heads, self.num_levels, self.num_points
@@ -154,7 +200,7 @@ class MSDeformAttn(nn.Module):
         # computed in float32 whatever the working dtype (a bf16 location is off by up to a quarter pixel at 64 px).
         normalizer = self._level_normalizer(tuple(spatial_shapes), offsets.device)
         locations = reference_points.float()[:, :, None, :, None, :] + offsets.float() / normalizer[None, None, None, :, None, :]
-        return v.float(), locations, weights
+        return v, locations, weights
 
     def _level_normalizer(self, spatial_shapes: tuple[tuple[int, int], ...], device: torch.device) -> Tensor:
         """``[L, 2]`` float32 (W_l, H_l), built once per shape and device and kept in this module's cache (no

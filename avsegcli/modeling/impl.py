@@ -8,8 +8,9 @@ class's reference methods run again (``"reference"``). Nothing else looks at the
 hold the released arithmetic op for op, without a branch on it.
 
 The modules with a fast variant: ``AVSegFormer`` (channels_last input), ``Attention`` (batch-first attention from
-the module's weights), ``MSDeformAttn`` (accumulated sampling), ``AVSegHead`` (the folded query MLP, the phase
-up-convolution).
+the module's weights; a single key without attention), ``MSDeformAttn`` (embedding-bag sampling at pixel
+coordinates), ``CrossModalMixer`` (key and value projections folded into the audio query), ``AVSegHead`` (the folded
+query MLP, the phase up-convolution).
 """
 
 from __future__ import annotations
