@@ -83,3 +83,16 @@ def detail(message: str) -> None:
         from rich.console import Console
 
         Console(stderr=True, highlight=False, soft_wrap=True).print(message, markup=False)
+
+
+def print_fields(title: str, rows: list[tuple[str, str]]) -> None:
+    """A result as a two-column table (name, value) on stdout: ``avseg weights info``, ``avseg export``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)

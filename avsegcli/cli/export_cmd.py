@@ -8,9 +8,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from avsegcli.cli.common import Offline, Quiet, Verbose, set_offline, set_verbosity
+from avsegcli.cli.common import Offline, Quiet, Verbose, print_fields, set_offline, set_verbosity
 
 CHECK_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino"}
 
@@ -49,9 +48,6 @@ def export(
         return
     if quiet:
         return
-    table = Table(title=f"avseg export: {done.path}", show_header=False)
-    table.add_column(no_wrap=True)
-    table.add_column(overflow="fold")
     rows = [("format", done.format), ("size", f"{done.bytes / 1e6:.1f} MB"), ("export time", f"{done.seconds:.1f} s"),
             ("preset / task", f"{done.meta.preset} / {done.meta.task} ({done.meta.num_classes} class{'es' if done.meta.num_classes > 1 else ''})"),
             ("input size", f"{done.meta.image_size} px"), ("arithmetic", done.meta.impl), ("inputs", result["inputs"]), ("outputs", result["outputs"]),
@@ -60,6 +56,4 @@ def export(
         c = result["check"]
         rows.append((f"check ({c['backend']} {c['precision']})", f"max |err|/std {c['max_rel']:.2e}, median {c['median_rel']:.2e}, "
                                                                   f"equal mask pixels {100 * c['mask_equal']:.3f}%"))
-    for k, v in rows:
-        table.add_row(k, v)
-    Console().print(table)
+    print_fields(f"avseg export: {done.path}", rows)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from avsegcli.cli.common import Offline, Quiet, Verbose, detail, set_offline, set_verbosity
+from avsegcli.cli.common import Offline, Quiet, Verbose, detail, print_fields, set_offline, set_verbosity
 
 app = typer.Typer(help="Named weights (list, get: fetched once into a cache) and checkpoint files (info, convert).", no_args_is_help=True)
 
@@ -34,9 +34,6 @@ def info(
     if quiet:  # the check ran (a bad file is still an error); nothing to show
         return
     detail(json.dumps(data, indent=2))
-    table = Table(title=data["path"], show_header=False)
-    table.add_column(no_wrap=True)
-    table.add_column(overflow="fold")
     rows = [
         ("format", data["format"]),
         ("preset", data["preset"]),
@@ -48,9 +45,7 @@ def info(
         ("never used", f"{data['values_unused'] / 1e6:.1f} M ({data['keys_unused']} tensors)"),
         ("sha256", data["sha256"]),
     ]
-    for k, v in rows:
-        table.add_row(k, v)
-    Console().print(table)
+    print_fields(data["path"], rows)
 
 
 @app.command("convert")

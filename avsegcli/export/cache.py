@@ -46,9 +46,9 @@ def cached_export(weights: Path, fmt: str, sha256: str | None = None) -> Path:
             console = Console(stderr=True)
             if progress_bars_on() and console.is_terminal:  # seconds to minutes, once per checkpoint (off with -q)
                 with console.status(f"exporting {weights.name} to {fmt} for this backend (once; cached in {folder})"):
-                    export_model(weights, fmt, path)
+                    export_model(weights, fmt, path, sha256=sha256)
             else:
-                export_model(weights, fmt, path)
+                export_model(weights, fmt, path, sha256=sha256)
     return path
 
 

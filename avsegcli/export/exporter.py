@@ -108,9 +108,6 @@ def _openvino(onnx_file: Path, meta: ExportMeta, dest_xml: Path) -> None:
     ov.save_model(ir, str(dest_xml), compress_to_fp16=False)
 
 
-def _model(weights: str | Path, impl: str) -> tuple[AVSegFormer, str]:
-    model = load_model(weights, device="cpu", impl=impl).float().eval()
-    return model, sha256sum(weights)
 
 
 def export_model(weights: str | Path, fmt: str, out: str | Path, *, impl: str = "auto", model: AVSegFormer | None = None,
@@ -118,7 +115,7 @@ def export_model(weights: str | Path, fmt: str, out: str | Path, *, impl: str = 
     """Export the checkpoint ``weights`` to ``out`` (``.onnx``, or ``.xml`` + ``.bin``) in ``fmt`` (``onnx`` or
     ``openvino``). ``impl``: the arithmetic traced, ``reference``, ``fast`` or ``auto`` (:data:`AUTO_IMPL`, the
     faster for the format's runtime; see the module's doc).
-    ``model``/``sha256``: already loaded (the same checkpoint), to skip loading it again."""
+    ``model``/``sha256``: already loaded or hashed (the same checkpoint), to skip loading or hashing it again."""
     if fmt not in FORMATS:
         raise AvsegError(f"--format must be {' or '.join(FORMATS)}, not {fmt!r}")
     if impl not in ("auto", "reference", "fast"):
@@ -135,7 +132,7 @@ def export_model(weights: str | Path, fmt: str, out: str | Path, *, impl: str = 
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if model is None:
-        model, sha256 = _model(weights, impl)
+        model = load_model(weights, device="cpu", impl=impl).float().eval()
     meta = describe(model.config, model.num_classes, sha256 or sha256sum(weights), weights, OPSET, model.impl)
     with tempfile.TemporaryDirectory(prefix=".avseg-export-", dir=out.parent) as tmp:
         onnx_file = Path(tmp) / "model.onnx"

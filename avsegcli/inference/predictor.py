@@ -119,7 +119,7 @@ class Predictor:
             self.runner = runner_for(backend, self.weights, precision=precision, device=asked)
             self.device = torch.device("cpu")
             self.precision = self.runner.precision
-            self.impl = self.runner.meta.impl  # the exported arithmetic (the reference graph)
+            self.impl = self.runner.meta.impl  # the arithmetic the file was exported with (avseg export --impl)
             self._sha256 = self.runner.meta.source_sha256
             self.config = self.runner.meta.config
             self.num_classes = self.runner.meta.num_classes

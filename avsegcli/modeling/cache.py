@@ -17,9 +17,9 @@ CACHE_ATTR = "_avseg_cache"
 
 
 def module_cache(module: nn.Module) -> dict:
-    """The cache ``module`` owns (created empty on first use). While ``torch.export`` traces the model
-    (``avseg export``) it is a fresh dict on every call: what the fast path derives becomes part of the graph, and
-    no traced tensor stays in the module."""
+    """The cache ``module`` owns (created empty on first use). While Dynamo traces the model (``torch.export`` for
+    ``avseg export``, and ``torch.compile``: Dynamo reads ``is_exporting()`` as True in both) it is a fresh dict on
+    every call: what the fast path derives becomes part of the graph, and no traced tensor stays in the module."""
     if torch.compiler.is_exporting():
         return {}
     return module.__dict__.setdefault(CACHE_ATTR, {})

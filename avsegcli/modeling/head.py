@@ -59,7 +59,9 @@ class QueryMLP(nn.Module):
         w1 = torch.matmul(first.weight.flatten(1), queries).transpose(1, 2)  # [N, C, hidden] = (W1 q)^T
         # with autograd or autocast (whose casts never apply to out= variants): chunks are concatenated instead of
         # written in place
-        if torch.compiler.is_exporting():  # one graph for any batch size: the samples of a chunk in one batched GEMM
+        # one graph for any batch size while Dynamo traces (export, and compile, for which Dynamo folds is_exporting()
+        # to True as well): the samples of a chunk in one batched GEMM
+        if torch.compiler.is_exporting():
             parts = []
             for i in range(0, h * w, chunk):
                 xb = x[:, i:i + chunk]  # [N, p, C]
